@@ -1,0 +1,14 @@
+//! The end-to-end test harness: real `nats-server`, real Switchyard binaries, real sockets.
+//!
+//! Tests built on this start their own NATS server on a free loopback port, their own backends and their own
+//! router/registrar/lb processes, so each test is isolated and may kill and restart any part. A missing
+//! dependency fails the test with the command that installs it; nothing is ever skipped.
+
+pub mod backend;
+pub mod http;
+pub mod nats;
+pub mod process;
+
+pub use backend::{Recorded, TestBackend};
+pub use nats::NatsServer;
+pub use process::{Service, binary, free_port, wait_for_port, wait_until};
