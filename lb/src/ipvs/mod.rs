@@ -1,0 +1,1 @@
+//! The IPVS dataplane: IPVS services and destinations driven over generic netlink.
