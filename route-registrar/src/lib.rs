@@ -5,3 +5,4 @@
 //! signals and the status listener.
 
 pub mod schedule;
+pub mod probe;
