@@ -7,5 +7,9 @@
 //! through one code path, so start-up, reload and a live announcement are all the same diff.
 
 pub mod dataplane;
+pub mod health;
+pub mod intent;
 pub mod ipvs;
+pub mod leases;
 pub mod model;
+pub mod reconcile;
