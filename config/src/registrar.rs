@@ -32,7 +32,6 @@ pub const DEFAULT_NATS_PORT: u16 = 4222;
 #[serde(default)]
 pub struct RegistrarConfig {
     /// NATS servers of one cluster, tried in turn.
-    #[serde(deserialize_with = "nullable")]
     pub message_bus_servers: Vec<MessageBusServer>,
     /// The address routers and `lb` should send traffic to, for routes that do not name their own `host`.
     #[serde(deserialize_with = "nullable")]
@@ -43,7 +42,6 @@ pub struct RegistrarConfig {
     /// How many unregister messages a failing route sends in a row before going quiet.
     pub unregistration_message_limit: u32,
     /// Routes announced for the life of the process.
-    #[serde(deserialize_with = "nullable")]
     pub routes: Vec<RouteConfig>,
     /// Glob patterns of route files (`{routes: [...]}`) picked up, changed and dropped while running.
     #[serde(deserialize_with = "nullable")]
@@ -191,7 +189,6 @@ pub struct RouteConfig {
     /// The check that gates the announcement; without one the route is always announced.
     pub health_check: Option<HealthCheckConfig>,
     /// Per-route load-balancing options passed to the router.
-    #[serde(deserialize_with = "nullable")]
     pub options: RouteOptions,
     /// Switchyard's own, `nodeport` only: name of the `lb` VIP this NodePort serves.
     #[serde(deserialize_with = "nullable")]
@@ -269,11 +266,11 @@ pub struct HealthCheck {
 #[serde(default)]
 pub struct RouteFile {
     /// The routes this file announces.
-    #[serde(deserialize_with = "nullable")]
     pub routes: Vec<RouteConfig>,
 }
 
-/// Reads `null` as the default, as Go's decoder (and so the original's configs) does.
+/// Reads `null` as the default, as Go's decoder (and so the original's configs) does. Only for leaves: on a field
+/// with nested keys it would hide their paths from the ignored-key report.
 fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -741,11 +738,18 @@ mod tests {
     fn nulls_read_as_defaults() {
         let config = parse_json::<RegistrarConfig>(
             r#"{"message_bus_servers":[{"host":"h","user":null,"password":null}],"host":"10.0.0.1","availability_zone":null,
-                "routes":[{"name":"a","port":1,"uris":["a.com"],"tags":null,"registration_interval":"1s","route_service_url":null,"options":null}]}"#,
+                "routes":[{"name":"a","port":1,"uris":["a.com"],"tags":null,"registration_interval":"1s","route_service_url":null}]}"#,
         )
         .unwrap()
         .value;
         assert_eq!(config.resolved_routes("i").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_keep_their_paths() {
+        let loaded = parse_yaml::<RegistrarConfig>(&base("  - {name: a, port: 1, uris: [a.com], registration_interval: 1s, sni_port: 2, options: {x: 1}}
+")).unwrap();
+        assert_eq!(loaded.ignored_keys, vec!["routes.0.sni_port".to_owned(), "routes.0.options.x".to_owned()]);
     }
 
     #[test]

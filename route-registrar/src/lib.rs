@@ -6,3 +6,4 @@
 
 pub mod schedule;
 pub mod probe;
+pub mod sources;
