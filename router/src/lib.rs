@@ -1,1 +1,22 @@
-//! placeholder
+//! The Switchyard router: an HTTP reverse proxy that routes by Host and context path to app instances it learns
+//! from gorouter-protocol registrations on NATS.
+//!
+//! The crate is split along one line: a pure core that decides (route keys, the table, pools and balancing,
+//! the registry that turns messages into table versions) and IO edges that act (the NATS link, the proxy's
+//! sockets, the status listener, the access log). The core takes `now` and inputs and returns outputs, so it is
+//! tested exhaustively without sockets; the edges are tested end to end against real processes.
+
+pub mod access_log;
+pub mod app;
+pub mod bus;
+pub mod clock;
+pub mod endpoint;
+pub mod maglev;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod registry;
+pub mod route_key;
+pub mod server;
+pub mod status;
+pub mod table;

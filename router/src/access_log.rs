@@ -1,0 +1,259 @@
+//! The access log: one line per request in gorouter's layout, so existing log pipelines keep parsing it.
+//!
+//! Formatting happens on the worker thread into a thread-local buffer (no allocation once warm), and whole
+//! buffers are handed to a dedicated writer thread, so a slow disk never stalls a request. Buffers are flushed when
+//! they pass a size threshold and on each worker's periodic tick.
+
+use crate::endpoint::Endpoint;
+use http::{HeaderValue, Method, Uri, Version};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::SystemTime;
+
+/// Buffers this large are handed to the writer without waiting for the tick.
+const FLUSH_AT: usize = 32 * 1024;
+/// Buffers in flight to the writer; beyond this, lines are dropped (and counted) rather than blocking requests.
+const QUEUE_DEPTH: usize = 256;
+
+/// What the log line says about one request, gathered while it is handled.
+#[derive(Debug, Default)]
+pub struct Entry {
+    /// When the request arrived.
+    pub started: Option<SystemTime>,
+    /// Host header as sent.
+    pub host: Option<HeaderValue>,
+    /// Method.
+    pub method: Method,
+    /// Request target.
+    pub uri: Uri,
+    /// Protocol version.
+    pub version: Version,
+    /// Referer header.
+    pub referer: Option<HeaderValue>,
+    /// User-Agent header.
+    pub user_agent: Option<HeaderValue>,
+    /// Client address.
+    pub client: Option<SocketAddr>,
+    /// The endpoint that served the request, if any.
+    pub backend: Option<Arc<Endpoint>>,
+    /// X-Forwarded-For as sent to the backend.
+    pub x_forwarded_for: Option<HeaderValue>,
+    /// X-Forwarded-Proto as sent to the backend.
+    pub x_forwarded_proto: Option<HeaderValue>,
+    /// X-Vcap-Request-Id.
+    pub request_id: Option<HeaderValue>,
+    /// X-Cf-Routererror, when the router answered with an error.
+    pub router_error: Option<HeaderValue>,
+}
+
+/// The numbers known only when the response ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    /// Status sent (499 when the client gave up).
+    pub status: u16,
+    /// Request body bytes received.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Seconds from arrival to the end of the response.
+    pub response_time: f64,
+    /// Of which the router's own share (everything but waiting on the backend).
+    pub router_time: f64,
+}
+
+fn push_quoted(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    out.push(b'"');
+    match value {
+        Some(bytes) if !bytes.is_empty() => {
+            for &b in bytes {
+                match b {
+                    b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+                    0..=0x1f | 0x7f => out.push(b'?'),
+                    _ => out.push(b),
+                }
+            }
+        }
+        _ => out.push(b'-'),
+    }
+    out.push(b'"');
+}
+
+fn push_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{value}");
+}
+
+fn header_bytes(value: Option<&HeaderValue>) -> Option<&[u8]> {
+    value.map(HeaderValue::as_bytes)
+}
+
+/// Appends one line for `entry` to `out`.
+pub fn format_line(out: &mut Vec<u8>, entry: &Entry, totals: &Totals) {
+    match header_bytes(entry.host.as_ref()) {
+        Some(host) if !host.is_empty() => out.extend(host.iter().map(|&b| if b.is_ascii_graphic() { b } else { b'?' })),
+        _ => out.push(b'-'),
+    }
+    out.extend_from_slice(b" - [");
+    push_display(out, humantime::format_rfc3339_nanos(entry.started.unwrap_or(SystemTime::UNIX_EPOCH)));
+    out.extend_from_slice(b"] \"");
+    out.extend_from_slice(entry.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = entry.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend(target.bytes().map(|b| if b == b'"' { b'?' } else { b }));
+    out.push(b' ');
+    out.extend_from_slice(match entry.version {
+        Version::HTTP_09 => b"HTTP/0.9",
+        Version::HTTP_10 => b"HTTP/1.0",
+        Version::HTTP_2 => b"HTTP/2.0",
+        Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP/1.1",
+    });
+    out.extend_from_slice(b"\" ");
+    let mut numbers = itoa::Buffer::new();
+    out.extend_from_slice(numbers.format(totals.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(numbers.format(totals.bytes_in).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(numbers.format(totals.bytes_out).as_bytes());
+    out.push(b' ');
+    push_quoted(out, header_bytes(entry.referer.as_ref()));
+    out.push(b' ');
+    push_quoted(out, header_bytes(entry.user_agent.as_ref()));
+    out.push(b' ');
+    match entry.client {
+        Some(client) => {
+            out.push(b'"');
+            push_display(out, client);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"\"-\""),
+    }
+    out.push(b' ');
+    push_quoted(out, entry.backend.as_ref().map(|e| e.identity().as_bytes()));
+    out.extend_from_slice(b" x_forwarded_for:");
+    push_quoted(out, header_bytes(entry.x_forwarded_for.as_ref()));
+    out.extend_from_slice(b" x_forwarded_proto:");
+    push_quoted(out, header_bytes(entry.x_forwarded_proto.as_ref()));
+    out.extend_from_slice(b" vcap_request_id:");
+    push_quoted(out, header_bytes(entry.request_id.as_ref()));
+    out.extend_from_slice(b" response_time:");
+    push_display(out, format_args!("{:.6}", totals.response_time));
+    out.extend_from_slice(b" gorouter_time:");
+    push_display(out, format_args!("{:.6}", totals.router_time));
+    out.extend_from_slice(b" app_id:");
+    push_quoted(out, entry.backend.as_ref().and_then(|e| e.app_id()).map(HeaderValue::as_bytes));
+    out.extend_from_slice(b" app_index:");
+    push_quoted(out, entry.backend.as_ref().and_then(|e| e.instance_index()).map(HeaderValue::as_bytes));
+    out.extend_from_slice(b" instance_id:");
+    push_quoted(out, entry.backend.as_ref().map(|e| e.instance_id().as_bytes()));
+    out.extend_from_slice(b" x_cf_routererror:");
+    push_quoted(out, header_bytes(entry.router_error.as_ref()));
+    out.push(b'\n');
+}
+
+/// The handle workers log through. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    sender: SyncSender<Vec<u8>>,
+    dropped: prometheus::IntCounter,
+}
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(FLUSH_AT * 2));
+}
+
+impl AccessLog {
+    /// Opens (appends to) `path` and starts the writer thread.
+    pub fn open(path: &Path, dropped: prometheus::IntCounter) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let file = File::options().create(true).append(true).open(path)?;
+        let (sender, receiver) = sync_channel(QUEUE_DEPTH);
+        let writer = std::thread::Builder::new().name("access-log".into()).spawn(move || write_loop(file, &receiver))?;
+        Ok((Self { sender, dropped }, writer))
+    }
+
+    /// Formats a line into this thread's buffer, handing the buffer over when it is full.
+    pub fn record(&self, entry: &Entry, totals: &Totals) {
+        BUFFER.with(|cell| {
+            let Ok(mut buffer) = cell.try_borrow_mut() else { return };
+            format_line(&mut buffer, entry, totals);
+            if buffer.len() >= FLUSH_AT {
+                self.hand_over(&mut buffer);
+            }
+        });
+    }
+
+    /// Hands this thread's buffered lines to the writer (called on each worker tick and at shutdown).
+    pub fn flush_thread(&self) {
+        BUFFER.with(|cell| {
+            if let Ok(mut buffer) = cell.try_borrow_mut() {
+                if !buffer.is_empty() {
+                    self.hand_over(&mut buffer);
+                }
+            }
+        });
+    }
+
+    fn hand_over(&self, buffer: &mut Vec<u8>) {
+        let full = std::mem::replace(buffer, Vec::with_capacity(FLUSH_AT * 2));
+        match self.sender.try_send(full) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+fn write_loop(file: File, receiver: &Receiver<Vec<u8>>) {
+    let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
+    while let Ok(chunk) = receiver.recv() {
+        let mut result = file.write_all(&chunk);
+        // Drain whatever else is queued before flushing, so bursts cost one write.
+        while let Ok(more) = receiver.try_recv() {
+            result = result.and_then(|()| file.write_all(&more));
+        }
+        if let Err(err) = result.and_then(|()| file.flush()) {
+            tracing::error!(%err, "access log write failed");
+        }
+    }
+    let _ = file.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn line_follows_the_gorouter_layout() {
+        let entry = Entry {
+            started: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
+            host: Some(HeaderValue::from_static("app.example.com")),
+            method: Method::GET,
+            uri: "/path?q=1".parse().unwrap(),
+            version: Version::HTTP_11,
+            referer: None,
+            user_agent: Some(HeaderValue::from_static("curl/8 \"quoted\"")),
+            client: Some("198.18.0.1:5555".parse().unwrap()),
+            backend: None,
+            x_forwarded_for: Some(HeaderValue::from_static("198.18.0.1")),
+            x_forwarded_proto: Some(HeaderValue::from_static("http")),
+            request_id: Some(HeaderValue::from_static("abc")),
+            router_error: Some(HeaderValue::from_static("unknown_route")),
+        };
+        let totals = Totals { status: 404, bytes_in: 0, bytes_out: 70, response_time: 0.0015, router_time: 0.0015 };
+        let mut out = Vec::new();
+        format_line(&mut out, &entry, &totals);
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(
+            line,
+            "app.example.com - [2023-11-14T22:13:20.123456789Z] \"GET /path?q=1 HTTP/1.1\" 404 0 70 \"-\" \
+             \"curl/8 \\\"quoted\\\"\" \"198.18.0.1:5555\" \"-\" x_forwarded_for:\"198.18.0.1\" \
+             x_forwarded_proto:\"http\" vcap_request_id:\"abc\" response_time:0.001500 gorouter_time:0.001500 \
+             app_id:\"-\" app_index:\"-\" instance_id:\"-\" x_cf_routererror:\"unknown_route\"\n"
+        );
+    }
+}

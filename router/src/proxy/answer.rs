@@ -1,0 +1,128 @@
+//! The router's own answers: gorouter's status codes, `X-Cf-Routererror` values and plain-text bodies, exactly,
+//! because clients, monitors and support runbooks match on them.
+
+use crate::proxy::body::{Exchange, ResponseBody};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use http::{Response, StatusCode};
+
+/// The header that says why the router, not the app, answered.
+pub const X_CF_ROUTERERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
+
+/// Why the router answered itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterError {
+    /// No route for the Host and path.
+    UnknownRoute,
+    /// HTTP/1.0 request without a Host.
+    EmptyHost,
+    /// The route exists but has no endpoints.
+    NoEndpoints,
+    /// Every attempt on a backend failed; the reason is the last failure.
+    EndpointFailure(String),
+    /// Request head over `max_header_bytes`.
+    HeadersTooLarge,
+    /// Every endpoint is at `backends.max_conns`.
+    ConnectionLimit,
+    /// `X-CF-APP-INSTANCE` is not `<guid>:<index>`.
+    InvalidAppInstanceHeader,
+    /// `X-CF-APP-INSTANCE` names an instance the route does not have.
+    UnknownInstance {
+        /// App GUID asked for.
+        app: String,
+        /// Instance index asked for.
+        index: String,
+    },
+}
+
+impl RouterError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownRoute => StatusCode::NOT_FOUND,
+            Self::EmptyHost | Self::InvalidAppInstanceHeader | Self::UnknownInstance { .. } => StatusCode::BAD_REQUEST,
+            Self::NoEndpoints | Self::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Self::EndpointFailure(_) => StatusCode::BAD_GATEWAY,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    fn header(&self) -> HeaderValue {
+        match self {
+            Self::UnknownRoute | Self::UnknownInstance { .. } => HeaderValue::from_static("unknown_route"),
+            Self::EmptyHost => HeaderValue::from_static("empty_host"),
+            Self::NoEndpoints => HeaderValue::from_static("no_endpoints"),
+            Self::HeadersTooLarge => HeaderValue::from_static("max-request-size-exceeded"),
+            Self::ConnectionLimit => HeaderValue::from_static("Connection Limit Reached"),
+            Self::InvalidAppInstanceHeader => HeaderValue::from_static("invalid_cf_app_instance_header"),
+            Self::EndpointFailure(reason) => {
+                let text: String = format!("endpoint_failure ({reason})").chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+                HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("endpoint_failure"))
+            }
+        }
+    }
+
+    fn body(&self, route: &str) -> String {
+        match self {
+            Self::UnknownRoute => format!("404 Not Found: Requested route ('{route}') does not exist.\n"),
+            Self::EmptyHost => "400 Bad Request: Request had empty Host header\n".to_owned(),
+            Self::NoEndpoints => format!("503 Service Unavailable: Requested route ('{route}') has no available endpoints.\n"),
+            Self::EndpointFailure(_) => "502 Bad Gateway: Registered endpoint failed to handle the request.\n".to_owned(),
+            Self::HeadersTooLarge => String::new(),
+            Self::ConnectionLimit => "503 Service Unavailable: Connection Limit Reached\n".to_owned(),
+            Self::InvalidAppInstanceHeader => "400 Bad Request: Invalid X-CF-App-Instance Header\n".to_owned(),
+            Self::UnknownInstance { app, index } => {
+                format!("400 Bad Request: Requested instance ('{index}') with guid ('{app}') does not exist for route ('{route}')\n")
+            }
+        }
+    }
+
+    /// The full answer. `route` is the requested host and path (no scheme, no query).
+    pub fn respond(&self, route: &str, mut exchange: Option<Exchange>) -> Response<ResponseBody> {
+        let status = self.status();
+        let header = self.header();
+        if let Some(exchange) = exchange.as_mut() {
+            exchange.status = status.as_u16();
+            exchange.entry.router_error = Some(header.clone());
+        }
+        let body = self.body(route);
+        let has_body = !body.is_empty();
+        let mut response = Response::new(ResponseBody::full(body, exchange));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(X_CF_ROUTERERROR, header);
+        if has_body {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        }
+        if *self == Self::UnknownRoute {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_route_matches_gorouter() {
+        let response = RouterError::UnknownRoute.respond("app.example.com/path", None);
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()["x-cf-routererror"], "unknown_route");
+        assert_eq!(response.headers()["cache-control"], "no-cache, no-store");
+    }
+
+    #[test]
+    fn endpoint_failure_reason_is_sanitised() {
+        let response = RouterError::EndpointFailure("dial 10.0.0.1:80: refused\r\nx".into()).respond("a", None);
+        assert_eq!(response.status(), 502);
+        assert_eq!(response.headers()["x-cf-routererror"], "endpoint_failure (dial 10.0.0.1:80: refused??x)");
+    }
+
+    #[test]
+    fn header_limit_has_no_body() {
+        let response = RouterError::HeadersTooLarge.respond("a", None);
+        assert_eq!(response.status(), 431);
+        assert!(response.headers().get("content-type").is_none());
+    }
+}

@@ -1,0 +1,234 @@
+//! What the router changes in the headers it passes on, in both directions.
+//!
+//! Edits are made in place on the parsed header map, with values prepared once (per endpoint, per connection) or
+//! cut from the thread's slab, so forwarding a request costs no per-request `String`.
+
+use crate::endpoint::Endpoint;
+use crate::proxy::arena;
+use http::header::{CONNECTION, EXPECT, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Request-Start`: when the router received the request, in unix milliseconds.
+pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+/// `X-Vcap-Request-Id`: a fresh UUID per request.
+pub const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
+/// `X-CF-ApplicationID`.
+pub const X_CF_APPLICATION_ID: HeaderName = HeaderName::from_static("x-cf-applicationid");
+/// `X-CF-InstanceIndex`.
+pub const X_CF_INSTANCE_INDEX: HeaderName = HeaderName::from_static("x-cf-instanceindex");
+/// `X-CF-InstanceID`.
+pub const X_CF_INSTANCE_ID: HeaderName = HeaderName::from_static("x-cf-instanceid");
+/// `X-CF-APP-INSTANCE`: routes a request to one instance.
+pub const X_CF_APP_INSTANCE: HeaderName = HeaderName::from_static("x-cf-app-instance");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+/// `Trailer`, `Transfer-Encoding` (the router frames the body itself, so it never forwards both it and
+/// `Content-Length`) and `Upgrade`. For a protocol upgrade, `Upgrade` stays and `Connection: upgrade` is
+/// restored, since the switch has to reach the other side.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(connection) = headers.get(CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|token| !token.is_empty() && !(upgrade && token.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Whether a request asks to switch protocols (WebSocket and friends).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().unwrap_or_default().split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        })
+}
+
+/// How `X-Forwarded-Proto` is set.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtoPolicy {
+    /// Always say `https`.
+    pub force_https: bool,
+    /// Overwrite what the client sent with the real scheme.
+    pub sanitize: bool,
+}
+
+/// Per-request facts the forwarded headers are built from.
+pub struct Forwarding<'a> {
+    /// The client's address, preformatted once per connection.
+    pub client_ip: &'a HeaderValue,
+    /// `http` or `https`, by listener.
+    pub scheme: &'static str,
+    /// Unix milliseconds when the request arrived.
+    pub arrived_unix_ms: u64,
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Start` and a fresh `X-Vcap-Request-Id`, and drops
+/// `Expect` (the router already answered the client's `100-continue` by reading the body). Returns the request id.
+pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: ProtoPolicy) -> Option<HeaderValue> {
+    let forwarded_for = if headers.contains_key(X_FORWARDED_FOR) {
+        let prior: Vec<&[u8]> = headers.get_all(X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+        let total = prior.iter().map(|p| p.len() + 2).sum::<usize>() + facts.client_ip.len();
+        arena::value(total, |slab| {
+            for part in &prior {
+                slab.extend_from_slice(part);
+                slab.extend_from_slice(b", ");
+            }
+            slab.extend_from_slice(facts.client_ip.as_bytes());
+        })
+    } else {
+        Some(facts.client_ip.clone())
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if proto.force_https {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    } else if proto.sanitize || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(facts.scheme));
+    }
+    if !headers.contains_key(X_REQUEST_START) {
+        if let Some(value) = arena::number(facts.arrived_unix_ms) {
+            headers.insert(X_REQUEST_START, value);
+        }
+    }
+    headers.remove(EXPECT);
+    let request_id = arena::uuid();
+    if let Some(id) = &request_id {
+        headers.insert(X_VCAP_REQUEST_ID, id.clone());
+    }
+    request_id
+}
+
+/// Sets the headers that name the instance (overwriting anything the client sent, so they cannot be spoofed).
+pub fn add_endpoint(headers: &mut HeaderMap, endpoint: &Endpoint) {
+    match endpoint.app_id() {
+        Some(app) => headers.insert(X_CF_APPLICATION_ID, app.clone()),
+        None => headers.remove(X_CF_APPLICATION_ID),
+    };
+    match endpoint.instance_index() {
+        Some(index) => headers.insert(X_CF_INSTANCE_INDEX, index.clone()),
+        None => headers.remove(X_CF_INSTANCE_INDEX),
+    };
+    headers.insert(X_CF_INSTANCE_ID, endpoint.instance_id().clone());
+}
+
+/// Parses `X-CF-APP-INSTANCE: <app guid>:<index>`.
+pub fn app_instance(value: &HeaderValue) -> Option<(&[u8], &[u8])> {
+    let bytes = value.as_bytes();
+    let colon = bytes.iter().position(|&b| b == b':')?;
+    let (app, index) = (bytes.get(..colon)?, bytes.get(colon + 1..)?);
+    let valid = !app.is_empty()
+        && !index.is_empty()
+        && index.iter().all(u8::is_ascii_digit)
+        && app.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-');
+    valid.then_some((app, index))
+}
+
+/// An approximation of the request head's size on the wire, for `max_header_bytes`.
+pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + 12;
+    headers.iter().fold(line, |total, (name, value)| total + name.as_str().len() + value.len() + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_switch() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let ip = HeaderValue::from_static("198.18.0.7");
+        let facts = Forwarding { client_ip: &ip, scheme: "http", arrived_unix_ms: 1_700_000_000_123 };
+        let plain = ProtoPolicy { force_https: false, sanitize: false };
+
+        let mut h = map(&[("expect", "100-continue")]);
+        let id = add_forwarding(&mut h, &facts, plain).unwrap();
+        assert_eq!(h["x-forwarded-for"], "198.18.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-request-start"], "1700000000123");
+        assert_eq!(h["x-vcap-request-id"], id);
+        assert!(h.get("expect").is_none());
+
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https"), ("x-request-start", "5"), ("x-vcap-request-id", "client")]);
+        add_forwarding(&mut h, &facts, plain);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 198.18.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https", "kept without sanitize");
+        assert_eq!(h["x-request-start"], "5");
+        assert_ne!(h["x-vcap-request-id"], "client");
+
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        add_forwarding(&mut h, &facts, ProtoPolicy { force_https: false, sanitize: true });
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[]);
+        add_forwarding(&mut h, &facts, ProtoPolicy { force_https: true, sanitize: true });
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn app_instance_header_parsing() {
+        let parse = |v: &'static str| app_instance(&HeaderValue::from_static(v)).map(|(a, i)| (a.to_vec(), i.to_vec()));
+        assert_eq!(parse("abc-123:2"), Some((b"abc-123".to_vec(), b"2".to_vec())));
+        assert_eq!(parse("abc"), None);
+        assert_eq!(parse(":1"), None);
+        assert_eq!(parse("abc:"), None);
+        assert_eq!(parse("abc:x"), None);
+        assert_eq!(parse("a b:1"), None);
+    }
+}

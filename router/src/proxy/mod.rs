@@ -1,0 +1,435 @@
+//! The request path: from a client request to a backend response, with the routing semantics gorouter users
+//! rely on (error answers, forwarded headers, retries, sticky sessions, instance targeting, connection limits,
+//! upgrades).
+//!
+//! Concurrency: each worker thread owns a [`Proxy`] and its own connection pool. The only state shared between
+//! threads is the route table (read through a lock-free pointer swap) and per-endpoint atomics. Nothing on this
+//! path blocks or takes a lock.
+
+pub mod activity;
+pub mod answer;
+pub mod arena;
+pub mod body;
+pub mod headers;
+pub mod sticky;
+pub mod trace;
+mod upgrade;
+pub mod upstream;
+
+use crate::clock::Clock;
+use crate::endpoint::{Endpoint, InFlight};
+use crate::metrics::{LocalMetrics, RouterMetrics};
+use crate::pool::{Attempted, Choice, Limits, Pool};
+use crate::route_key::RequestHost;
+use crate::table::RouteTable;
+use activity::Activity;
+use answer::RouterError;
+use arc_swap::ArcSwap;
+use body::{Exchange, RequestBody, ResponseBody};
+use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID};
+use http::header::{HOST, REFERER, USER_AGENT};
+use http_body::Body as _;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use switchyard_config::router::RouterConfig;
+use trace::TraceSettings;
+use upstream::{DialError, Pooled};
+
+/// How long a failed endpoint is passed over while others are available.
+const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The request-path settings, derived once from the config.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Most endpoints tried per request.
+    pub max_attempts: u32,
+    /// Most requests in flight per endpoint (0: no limit).
+    pub max_conns: u32,
+    /// Longest wait for a backend's response headers.
+    pub endpoint_timeout: Duration,
+    /// Longest wait for a backend TCP connection.
+    pub dial_timeout: Duration,
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// Backend cookies that make a session sticky.
+    pub sticky_cookie_names: Vec<String>,
+    /// Always mark `__VCAP_ID__` Secure.
+    pub secure_cookies: bool,
+    /// Answer 503 for an emptied pool (it exists only in this mode).
+    pub empty_pool_503: bool,
+    /// `X-Forwarded-Proto` policy.
+    pub proto: ProtoPolicy,
+    /// Trace headers to emit.
+    pub trace: TraceSettings,
+}
+
+impl ProxySettings {
+    /// Derives the settings from a validated config.
+    pub fn from_config(config: &RouterConfig) -> Self {
+        let tenant = &config.tracing.w3c_tenant_id;
+        Self {
+            max_attempts: config.backends.max_attempts.max(1),
+            max_conns: config.backends.max_conns,
+            endpoint_timeout: config.endpoint_timeout,
+            dial_timeout: config.endpoint_dial_timeout,
+            max_header_bytes: config.max_header_bytes,
+            sticky_cookie_names: config.sticky_session_cookie_names.clone(),
+            secure_cookies: config.secure_cookies,
+            empty_pool_503: config.empty_pool_response_code_503,
+            proto: ProtoPolicy { force_https: config.force_forwarded_proto_https, sanitize: config.sanitize_forwarded_proto },
+            trace: TraceSettings {
+                zipkin: config.tracing.enable_zipkin,
+                w3c: config.tracing.enable_w3c,
+                tracestate_key: if tenant.is_empty() { "gorouter".to_owned() } else { format!("{tenant}@gorouter") },
+            },
+        }
+    }
+}
+
+/// One client connection, as the request path needs it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Peer address.
+    pub client: SocketAddr,
+    /// Peer IP, preformatted for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Phase tracking for the connection's timeouts.
+    pub activity: Arc<Activity>,
+}
+
+impl ConnInfo {
+    /// Describes a freshly accepted connection.
+    pub fn new(client: SocketAddr, scheme: &'static str) -> Self {
+        let ip = client.ip().to_string();
+        let client_ip = HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { client, client_ip, scheme, activity: Arc::new(Activity::default()) }
+    }
+}
+
+/// The request handler of one worker.
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    settings: ProxySettings,
+    clock: Clock,
+    metrics: RouterMetrics,
+}
+
+/// A backend's answer and what to keep until its body has been sent.
+struct Forwarded {
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    connection: Pooled,
+    backend_time: Duration,
+}
+
+/// Why forwarding gave up.
+enum Failure {
+    /// Every endpoint is at `max_conns`.
+    AtLimit,
+    /// Attempts failed; the text is the last reason.
+    Endpoint(String),
+}
+
+/// How one attempt on one endpoint ended.
+enum Attempt {
+    Answered(Response<Incoming>, Pooled, Duration),
+    /// Nothing reached the backend: the request may go to another endpoint.
+    Retry(Request<RequestBody>, AttemptError),
+    /// The request may have reached the backend: stop.
+    Failed(AttemptError),
+}
+
+/// Why an attempt failed, with whether the endpoint is to blame.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    #[error("timeout awaiting response headers")]
+    Timeout,
+    #[error("connection closed before the response: {0}")]
+    Broken(hyper::Error),
+}
+
+impl AttemptError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Dial(_) => "dial",
+            Self::Timeout => "timeout",
+            Self::Broken(err) if err.is_parse() => "protocol",
+            Self::Broken(_) => "closed",
+        }
+    }
+}
+
+/// The requested host and path, as the error bodies quote it.
+fn route_text(host: &[u8], uri: &Uri) -> String {
+    format!("{}{}", String::from_utf8_lossy(host), uri.path())
+}
+
+/// The origin-form target (`/path?query`) of an absolute-form request.
+fn origin_form(uri: &Uri) -> Uri {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    target.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+impl Proxy {
+    /// A handler reading routes from `table`.
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: ProxySettings, clock: Clock, metrics: RouterMetrics) -> Self {
+        Self { table, settings, clock, metrics }
+    }
+
+    /// Handles one request.
+    pub async fn serve(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let mut exchange = Exchange::begin(conn.activity.begin(), Instant::now());
+        let (mut parts, body) = request.into_parts();
+        let arrived_wall = SystemTime::now();
+        if body::access_log_enabled() {
+            let entry = &mut exchange.entry;
+            entry.started = Some(arrived_wall);
+            entry.host = parts.headers.get(HOST).cloned();
+            entry.method = parts.method.clone();
+            entry.uri = parts.uri.clone();
+            entry.version = parts.version;
+            entry.referer = parts.headers.get(REFERER).cloned();
+            entry.user_agent = parts.headers.get(USER_AGENT).cloned();
+            entry.client = Some(conn.client);
+        }
+        // An absolute-form target's authority wins over the Host header (RFC 9112, 3.2.2).
+        let host_value = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => parts.headers.get(HOST).cloned(),
+        };
+        let raw_host: &[u8] = host_value.as_ref().map_or(b"", HeaderValue::as_bytes);
+        let requested_uri = parts.uri.clone();
+        let fail = |error: RouterError, exchange: Exchange| error.respond(&route_text(raw_host, &requested_uri), Some(exchange));
+        if headers::head_size(&parts.method, &parts.uri, &parts.headers) > self.settings.max_header_bytes {
+            return fail(RouterError::HeadersTooLarge, exchange);
+        }
+        if raw_host.is_empty() {
+            return fail(RouterError::EmptyHost, exchange);
+        }
+        let Some(mut host) = RequestHost::parse(raw_host) else {
+            return fail(RouterError::UnknownRoute, exchange);
+        };
+        let lookup_started = Instant::now();
+        let pool = self.table.load().lookup(&mut host, parts.uri.path()).cloned();
+        LocalMetrics::lookup(lookup_started.elapsed().as_secs_f64());
+        let Some(pool) = pool else {
+            return fail(RouterError::UnknownRoute, exchange);
+        };
+        if pool.is_empty() {
+            let error = if self.settings.empty_pool_503 { RouterError::NoEndpoints } else { RouterError::UnknownRoute };
+            return fail(error, exchange);
+        }
+        let targeted = match parts.headers.get(X_CF_APP_INSTANCE) {
+            None => None,
+            Some(value) => match headers::app_instance(value) {
+                None => return fail(RouterError::InvalidAppInstanceHeader, exchange),
+                Some((app, index)) => match pool.find_app_instance(app, index) {
+                    Some(found) => Some(found),
+                    None => {
+                        let error = RouterError::UnknownInstance {
+                            app: String::from_utf8_lossy(app).into_owned(),
+                            index: String::from_utf8_lossy(index).into_owned(),
+                        };
+                        return fail(error, exchange);
+                    }
+                },
+            },
+        };
+        let requested_instance: Option<Vec<u8>> =
+            sticky::requested_instance(&parts.headers, &self.settings.sticky_cookie_names).map(<[u8]>::to_vec);
+        let preferred = targeted.or_else(|| requested_instance.as_deref().and_then(|id| pool.find_instance(id)));
+        let hash_key = pool.hash_policy().and_then(|policy| parts.headers.get(policy.header())).cloned();
+
+        let upgrade = headers::is_upgrade(&parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        let arrived_unix_ms = arrived_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let facts = Forwarding { client_ip: &conn.client_ip, scheme: conn.scheme, arrived_unix_ms };
+        let request_id = headers::add_forwarding(&mut parts.headers, &facts, self.settings.proto);
+        if self.settings.trace.zipkin || self.settings.trace.w3c {
+            trace::add_trace_headers(&mut parts.headers, &self.settings.trace);
+        }
+        if exchange.entry.started.is_some() {
+            exchange.entry.x_forwarded_for = parts.headers.get(X_FORWARDED_FOR).cloned();
+            exchange.entry.x_forwarded_proto = parts.headers.get(X_FORWARDED_PROTO).cloned();
+            exchange.entry.request_id = request_id.clone();
+        }
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = origin_form(&parts.uri);
+        }
+        parts.version = Version::HTTP_11;
+
+        if upgrade {
+            return upgrade::tunnel(self, parts, body, &pool, preferred, exchange, conn).await;
+        }
+
+        let body = if body.is_end_stream() { RequestBody::Empty } else { RequestBody::Client(body, exchange.count_request_body()) };
+        let request = Request::from_parts(parts, body);
+        match self.forward(request, &pool, preferred, hash_key.as_ref()).await {
+            Ok(Forwarded { response, in_flight, connection, backend_time }) => {
+                let (mut response_parts, incoming) = response.into_parts();
+                headers::strip_hop_by_hop(&mut response_parts.headers, false);
+                // The router speaks HTTP/1.1 to the client whatever the backend spoke; hyper adapts it for
+                // HTTP/1.0 clients.
+                response_parts.version = Version::HTTP_11;
+                if let Some(id) = request_id {
+                    if !response_parts.headers.contains_key(X_VCAP_REQUEST_ID) {
+                        response_parts.headers.insert(X_VCAP_REQUEST_ID, id);
+                    }
+                }
+                let endpoint = in_flight.endpoint();
+                let path = if pool.key().path().is_empty() { "/" } else { pool.key().path() };
+                let pin = sticky::Pin {
+                    instance_id: endpoint.private_instance_id(),
+                    path,
+                    requested: requested_instance.as_deref(),
+                    secure_cookies: self.settings.secure_cookies,
+                };
+                sticky::pin_session(&mut response_parts.headers, &pin, &self.settings.sticky_cookie_names);
+                exchange.status = response_parts.status.as_u16();
+                exchange.served_by(in_flight, Some(connection), backend_time);
+                Response::from_parts(response_parts, ResponseBody::upstream(incoming, exchange))
+            }
+            Err(Failure::AtLimit) => fail(RouterError::ConnectionLimit, exchange),
+            Err(Failure::Endpoint(reason)) => {
+                self.metrics.bad_gateways.inc();
+                fail(RouterError::EndpointFailure(reason), exchange)
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_conns: self.settings.max_conns,
+            failure_window_ms: u64::try_from(FAILURE_WINDOW.as_millis()).unwrap_or(u64::MAX),
+            now_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// Picks the endpoint for attempt number `attempt`: the targeted or sticky one first if it can take the
+    /// request, then the pool's algorithm.
+    fn pick(&self, pool: &Pool, attempt: u32, preferred: Option<usize>, hash_key: Option<&HeaderValue>, tried: Attempted, limits: &Limits) -> Choice {
+        if attempt == 0 {
+            if let Some(index) = preferred {
+                let usable = pool.endpoint(index).is_some_and(|e| limits.max_conns == 0 || e.in_flight() < limits.max_conns);
+                if usable {
+                    return Choice::Endpoint(index);
+                }
+            }
+        }
+        pool.choose(hash_key.map(HeaderValue::as_bytes), tried, limits)
+    }
+
+    async fn forward(&self, mut request: Request<RequestBody>, pool: &Pool, preferred: Option<usize>, hash_key: Option<&HeaderValue>) -> Result<Forwarded, Failure> {
+        let limits = self.limits();
+        let mut tried = Attempted::default();
+        let mut last_error: Option<AttemptError> = None;
+        for attempt in 0..self.settings.max_attempts {
+            let index = match self.pick(pool, attempt, preferred, hash_key, tried, &limits) {
+                Choice::Endpoint(index) => index,
+                Choice::AtLimit if last_error.is_none() => return Err(Failure::AtLimit),
+                Choice::AtLimit | Choice::Empty | Choice::Exhausted => break,
+            };
+            tried.add(index);
+            let Some(endpoint) = pool.endpoint(index) else { break };
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
+            let in_flight = InFlight::start(Arc::clone(endpoint));
+            headers::add_endpoint(request.headers_mut(), endpoint);
+            match self.attempt(endpoint, request).await {
+                Attempt::Answered(response, connection, backend_time) => {
+                    endpoint.mark_healthy();
+                    return Ok(Forwarded { response, in_flight, connection, backend_time });
+                }
+                Attempt::Retry(returned, error) => {
+                    self.blame(endpoint, &error);
+                    request = returned;
+                    last_error = Some(error);
+                }
+                Attempt::Failed(error) => {
+                    self.blame(endpoint, &error);
+                    return Err(Failure::Endpoint(error.to_string()));
+                }
+            }
+        }
+        Err(Failure::Endpoint(last_error.map_or_else(|| "no endpoint could take the request".to_owned(), |e| e.to_string())))
+    }
+
+    fn blame(&self, endpoint: &Endpoint, error: &AttemptError) {
+        self.metrics.backend_errors.with_label_values(&[error.kind()]).inc();
+        endpoint.mark_failed(self.clock.now_ms());
+        tracing::debug!(endpoint = endpoint.identity(), %error, "backend attempt failed");
+    }
+
+    /// Gets a connection: a pooled one if any is open, else a new one.
+    async fn connection(&self, endpoint: &Endpoint, pooled_allowed: bool) -> Result<(Pooled, bool), DialError> {
+        if pooled_allowed {
+            while let Some(mut pooled) = upstream::check_out(endpoint.target()) {
+                if pooled.sender().ready().await.is_ok() {
+                    return Ok((pooled, true));
+                }
+            }
+        }
+        let fresh = upstream::connect(endpoint.target(), self.settings.dial_timeout, false).await?;
+        self.metrics.upstream_connects.inc();
+        Ok((fresh, false))
+    }
+
+    /// One attempt on one endpoint. A pooled connection that turns out closed (the backend timed it out just as
+    /// the request went) is replaced by a fresh one, once, when the request can be sent again: it was never
+    /// written, or it is idempotent and bodyless.
+    async fn attempt(&self, endpoint: &Endpoint, mut request: Request<RequestBody>) -> Attempt {
+        let mut pooled_allowed = true;
+        loop {
+            let (mut connection, reused) = match self.connection(endpoint, pooled_allowed).await {
+                Ok(pair) => pair,
+                Err(error) => return Attempt::Retry(request, error.into()),
+            };
+            let replay = (reused && is_idempotent(request.method()) && matches!(request.body(), RequestBody::Empty)).then(|| {
+                let mut copy = Request::new(RequestBody::Empty);
+                *copy.method_mut() = request.method().clone();
+                *copy.uri_mut() = request.uri().clone();
+                *copy.version_mut() = request.version();
+                *copy.headers_mut() = request.headers().clone();
+                copy
+            });
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(self.settings.endpoint_timeout, connection.sender().try_send_request(request)).await;
+            match outcome {
+                Err(_) => return Attempt::Failed(AttemptError::Timeout),
+                Ok(Ok(response)) => {
+                    let waited = sent.elapsed();
+                    LocalMetrics::backend(waited.as_secs_f64());
+                    return Attempt::Answered(response, connection, waited);
+                }
+                Ok(Err(mut error)) => {
+                    // Replay only when the backend closed without answering, as it does when it times out an idle
+                    // connection; any other failure may have been seen by the backend.
+                    let closed_unanswered = error.error().is_incomplete_message();
+                    let recovered = error.take_message().or_else(|| replay.filter(|_| closed_unanswered));
+                    let error = AttemptError::Broken(error.into_error());
+                    match recovered {
+                        Some(again) if reused && pooled_allowed => {
+                            tracing::debug!(endpoint = endpoint.identity(), %error, "pooled connection was closed; sending again on a new one");
+                            request = again;
+                            pooled_allowed = false;
+                        }
+                        Some(again) if !reused => return Attempt::Retry(again, error),
+                        _ => return Attempt::Failed(error),
+                    }
+                }
+            }
+        }
+    }
+}
