@@ -364,8 +364,8 @@ impl HealthCheckConfig {
 /// The message a route puts on the bus.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Announcement {
-    /// `router.register` / `router.unregister`.
-    Router(Registration),
+    /// `router.register` / `router.unregister` (boxed: a registration is several times the size of the other).
+    Router(Box<Registration>),
     /// `lb.register` / `lb.unregister`.
     Lb(LbRegistration),
 }
@@ -468,7 +468,7 @@ impl RouteConfig {
         if let Err(name) = registration.lb_algorithm() {
             return Err(ConfigError::new(field("options"), format!("`{name}` is not a load-balancing algorithm; use round-robin, least-connection or hash")));
         }
-        Ok(Announcement::Router(registration))
+        Ok(Announcement::Router(Box::new(registration)))
     }
 
     fn lb_announcement(&self, key: &str, host: &str, host_key: &str) -> Result<Announcement, ConfigError> {

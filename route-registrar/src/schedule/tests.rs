@@ -11,7 +11,7 @@ fn ms(n: u64) -> Duration {
 fn http_route(name: &str, port: u16, interval: Duration, checked: bool) -> Route {
     let registration = Registration { host: "10.0.0.1".into(), port, uris: vec![format!("{name}.example.com")], ..Registration::default() };
     let check = checked.then(|| HealthCheck { name: "check".into(), probe: Probe::Script("/bin/true".into()), timeout: interval / 2 });
-    Route::new(&ResolvedRoute { name: name.into(), announcement: Announcement::Router(registration), interval, health_check: check }).unwrap()
+    Route::new(&ResolvedRoute { name: name.into(), announcement: Announcement::Router(Box::new(registration)), interval, health_check: check }).unwrap()
 }
 
 /// (subject, route, why) of each publish, in order.
