@@ -8,6 +8,7 @@ pub mod backend;
 pub mod http;
 pub mod nats;
 pub mod process;
+pub mod registrar;
 
 pub use backend::{Recorded, TestBackend};
 pub use nats::NatsServer;
