@@ -9,7 +9,9 @@ pub mod http;
 pub mod nats;
 pub mod process;
 pub mod registrar;
+pub mod router;
 
 pub use backend::{Recorded, TestBackend};
 pub use nats::NatsServer;
 pub use process::{Service, binary, free_port, wait_for_port, wait_until};
+pub use router::{RouterProcess, publish, registration};
