@@ -124,10 +124,12 @@ impl IpvsError {
     ///
     /// Resource shortages and lost answers pass; so does a table that changed under us (`EEXIST`, `ENOENT`,
     /// `ESRCH`), because the next sync re-reads the kernel and plans again. A request the kernel finds invalid, a
-    /// missing privilege or a missing IPVS will fail the same way until someone acts.
+    /// missing privilege, a missing IPVS or a missing scheduler module (`ENOENT` when creating or changing a
+    /// service) will fail the same way until someone acts.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unavailable | Self::Protocol { .. } => false,
+            Self::Kernel { operation: Operation::AddService | Operation::UpdateService, errno: 2, .. } => false,
             Self::Io { .. } | Self::Kernel { .. } => !matches!(
                 self.errno().map(Errno::from_raw),
                 Some(
@@ -166,6 +168,10 @@ mod tests {
         assert!(error.is_retryable());
         let invalid = IpvsError::Kernel { operation: Operation::AddService, object: Object::Service(service), errno: 22 };
         assert!(!invalid.is_retryable());
+        let no_scheduler = IpvsError::Kernel { operation: Operation::AddService, object: Object::Service(service), errno: 2 };
+        assert!(!no_scheduler.is_retryable());
+        let gone = IpvsError::Kernel { operation: Operation::DeleteDestination, object: Object::Destination(service, destination), errno: 2 };
+        assert!(gone.is_retryable());
         assert!(!IpvsError::Unavailable.is_retryable());
         assert!(IpvsError::Unavailable.to_string().contains("modprobe ip_vs"));
     }

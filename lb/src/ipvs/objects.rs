@@ -252,7 +252,7 @@ impl Destination {
 }
 
 /// Traffic counters (`STATS64`), cumulative since the object was created; rates are the kernel's estimates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 pub struct Stats {
     /// Connections scheduled.
     pub connections: u64,
