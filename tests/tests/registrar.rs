@@ -33,7 +33,7 @@ async fn announces_at_start_and_every_interval() {
     assert_eq!(count(&messages, "router.unregister"), 0, "{}", describe(&messages));
     for pair in messages.windows(2) {
         let gap = pair[1].at.duration_since(pair[0].at);
-        assert!(gap >= Duration::from_millis(100) && gap <= Duration::from_millis(400), "gap of {gap:?}:\n{}", describe(&messages));
+        assert!(gap >= Duration::from_millis(100) && gap <= Duration::from_millis(450), "gap of {gap:?}:\n{}", describe(&messages));
     }
     let instance = first.text("private_instance_id").to_owned();
     assert_eq!(instance.len(), 36, "a UUID: {instance}");
@@ -290,15 +290,15 @@ async fn route_files_are_picked_up_changed_and_dropped() {
         &format!("dynamic_config_globs: [\"{}/*.yml\"]\ndynamic_config_interval: 100ms\n", routes.display()),
     );
     // Present at start-up: announced with the first load.
-    bus.wait_for("a.yml's route", Duration::from_secs(5), |m| for_port(m, "router.register", 7001).len() >= 1).await;
+    bus.wait_for("a.yml's route", Duration::from_secs(5), |m| !for_port(m, "router.register", 7001).is_empty()).await;
 
     // Added at run time.
     std::fs::write(routes.join("b.yml"), route_file("b", 7002)).expect("write b.yml");
-    bus.wait_for("b.yml's route", Duration::from_secs(2), |m| for_port(m, "router.register", 7002).len() >= 1).await;
+    bus.wait_for("b.yml's route", Duration::from_secs(2), |m| !for_port(m, "router.register", 7002).is_empty()).await;
 
     // Changed: the old endpoint is withdrawn before the new one is announced.
     std::fs::write(routes.join("a.yml"), route_file("a", 7003)).expect("rewrite a.yml");
-    let messages = bus.wait_for("a.yml's new route", Duration::from_secs(2), |m| for_port(m, "router.register", 7003).len() >= 1).await;
+    let messages = bus.wait_for("a.yml's new route", Duration::from_secs(2), |m| !for_port(m, "router.register", 7003).is_empty()).await;
     let withdrawn = for_port(&messages, "router.unregister", 7001);
     let announced = for_port(&messages, "router.register", 7003);
     assert_eq!(withdrawn.len(), 1, "{}", describe(&messages));
