@@ -190,11 +190,10 @@ impl AccessLog {
     /// Hands this thread's buffered lines to the writer (called on each worker tick and at shutdown).
     pub fn flush_thread(&self) {
         BUFFER.with(|cell| {
-            if let Ok(mut buffer) = cell.try_borrow_mut() {
-                if !buffer.is_empty() {
+            if let Ok(mut buffer) = cell.try_borrow_mut()
+                && !buffer.is_empty() {
                     self.hand_over(&mut buffer);
                 }
-            }
         });
     }
 

@@ -141,11 +141,10 @@ impl Bus {
                 }
                 message = greets.next() => {
                     let Some(message) = message else { return Ok(()) };
-                    if let Some(reply) = message.reply {
-                        if let Err(err) = self.client.publish(reply, start_payload.clone().into()).await {
+                    if let Some(reply) = message.reply
+                        && let Err(err) = self.client.publish(reply, start_payload.clone().into()).await {
                             tracing::warn!(%err, "could not answer router.greet");
                         }
-                    }
                 }
                 _ = prune.tick() => self.prune(),
             }

@@ -4,22 +4,21 @@
 //! The hash functions use fixed seeds, so every router instance builds the same table for the same endpoint set
 //! and a key lands on the same instance whichever router serves it.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 const SEED_OFFSET: u64 = 0x5357_4954_4348_0001;
 const SEED_SKIP: u64 = 0x5357_4954_4348_0002;
 const SEED_KEY: u64 = 0x5357_4954_4348_0003;
 
 /// Table sizes: primes, so that every skip value generates a full permutation.
-const PRIMES: [usize; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071];
+const PRIMES: [usize; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, LARGEST_TABLE];
+const LARGEST_TABLE: usize = 131_071;
 
 fn hash_with(seed: u64, value: &[u8]) -> u64 {
-    let mut hasher = foldhash::fast::FixedState::with_seed(seed).build_hasher();
-    value.hash(&mut hasher);
-    hasher.finish()
+    foldhash::fast::FixedState::with_seed(seed).hash_one(value)
 }
 
-/// Hash of a request key (for example a header value), for [`lookup`].
+/// Hash of a request key (for example a header value), for [`slot`].
 pub fn key_hash(key: &[u8]) -> u64 {
     hash_with(SEED_KEY, key)
 }
@@ -27,7 +26,7 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// The table size used for `endpoints` entries: a prime at least 100 times larger, within bounds.
 pub fn table_size(endpoints: usize) -> usize {
     let wanted = endpoints.saturating_mul(100);
-    PRIMES.iter().copied().find(|&p| p >= wanted).unwrap_or(PRIMES[PRIMES.len() - 1])
+    PRIMES.iter().copied().find(|&p| p >= wanted).unwrap_or(LARGEST_TABLE)
 }
 
 /// Builds the lookup table for endpoints named by `names` (stable identities such as `host:port`).

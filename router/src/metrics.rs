@@ -110,11 +110,10 @@ impl LocalMetrics {
 
     fn with(update: impl FnOnce(&mut Self)) {
         LOCAL.with(|cell| {
-            if let Ok(mut slot) = cell.try_borrow_mut() {
-                if let Some(local) = slot.as_mut() {
+            if let Ok(mut slot) = cell.try_borrow_mut()
+                && let Some(local) = slot.as_mut() {
                     update(local);
                 }
-            }
         });
     }
 

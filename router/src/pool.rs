@@ -167,11 +167,10 @@ impl Pool {
         if self.endpoints.is_empty() {
             return Choice::Empty;
         }
-        if let (Some(policy), Some(key)) = (&self.hash, hash_key) {
-            if let Some(index) = self.choose_hashed(policy, key, tried, limits) {
+        if let (Some(policy), Some(key)) = (&self.hash, hash_key)
+            && let Some(index) = self.choose_hashed(policy, key, tried, limits) {
                 return Choice::Endpoint(index);
             }
-        }
         match self.algorithm {
             LbAlgorithm::LeastConnection => self.choose_least_connection(tried, limits),
             LbAlgorithm::RoundRobin | LbAlgorithm::Hash => self.choose_round_robin(tried, limits),

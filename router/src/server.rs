@@ -149,10 +149,10 @@ async fn tick(access_log: bool) {
         if access_log {
             body::flush_access_log();
         }
-        if ticks % 10 == 0 {
+        if ticks.is_multiple_of(10) {
             LocalMetrics::flush();
         }
-        if ticks % 50 == 0 {
+        if ticks.is_multiple_of(50) {
             upstream::sweep();
         }
     }

@@ -298,4 +298,87 @@ mod tests {
         seen.sort();
         assert_eq!(seen, ["a.com", "a.com/x", "b.com/y/z"]);
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        const HOSTS: [&str; 7] = ["a.com", "b.a.com", "*.a.com", "c.b.a.com", "*.b.a.com", "x.com", "*.com"];
+        const REQUEST_HOSTS: [&str; 8] = ["a.com", "b.a.com", "c.b.a.com", "d.b.a.com", "e.c.b.a.com", "x.com", "y.x.com", "z.org"];
+        const SEGMENTS: [&str; 3] = ["p", "q", "r"];
+
+        fn uri(host: usize, path: &[usize]) -> String {
+            let mut uri = HOSTS[host].to_owned();
+            for segment in path {
+                uri.push('/');
+                uri.push_str(SEGMENTS[*segment]);
+            }
+            uri
+        }
+
+        /// The routing rules written the slow, obvious way.
+        fn reference(routes: &BTreeSet<String>, host: &str, path: &[String]) -> Option<String> {
+            let mut candidates = vec![host.to_owned()];
+            let labels: Vec<&str> = host.split('.').collect();
+            for i in 1..labels.len() {
+                candidates.push(format!("*.{}", labels[i..].join(".")));
+            }
+            for candidate in candidates {
+                let best = routes
+                    .iter()
+                    .filter_map(|route| {
+                        let mut parts = route.split('/');
+                        let route_host = parts.next()?;
+                        let route_path: Vec<&str> = parts.collect();
+                        let matches = route_host == candidate
+                            && route_path.len() <= path.len()
+                            && route_path.iter().zip(path).all(|(a, b)| a.eq_ignore_ascii_case(b));
+                        matches.then_some((route_path.len(), route.clone()))
+                    })
+                    .max();
+                if let Some((_, route)) = best {
+                    return Some(route);
+                }
+            }
+            None
+        }
+
+        fn op() -> impl Strategy<Value = (bool, usize, Vec<usize>)> {
+            (any::<bool>(), 0..HOSTS.len(), prop::collection::vec(0..SEGMENTS.len(), 0..3))
+        }
+
+        fn request() -> impl Strategy<Value = (usize, Vec<(usize, bool)>)> {
+            (0..REQUEST_HOSTS.len(), prop::collection::vec((0..SEGMENTS.len(), any::<bool>()), 0..4))
+        }
+
+        proptest! {
+            #[test]
+            fn lookups_match_the_reference_model(ops in prop::collection::vec(op(), 1..40), requests in prop::collection::vec(request(), 1..30)) {
+                let mut table = RouteTable::new();
+                let mut routes = BTreeSet::new();
+                for (insert, host, path) in ops {
+                    let uri = uri(host, &path);
+                    let key = RouteKey::parse(&uri).unwrap();
+                    if insert {
+                        table.set(&key, Some(pool(&uri)));
+                        routes.insert(uri);
+                    } else {
+                        table.set(&key, None);
+                        routes.remove(&uri);
+                    }
+                    prop_assert_eq!(table.len(), routes.len());
+                }
+                for (host, segments) in requests {
+                    let path: Vec<String> = segments
+                        .iter()
+                        .map(|(s, upper)| if *upper { SEGMENTS[*s].to_uppercase() } else { SEGMENTS[*s].to_owned() })
+                        .collect();
+                    let request_path = format!("/{}", path.join("/"));
+                    let expected = reference(&routes, REQUEST_HOSTS[host], &path);
+                    prop_assert_eq!(route(&table, REQUEST_HOSTS[host], &request_path), expected);
+                }
+            }
+        }
+    }
 }

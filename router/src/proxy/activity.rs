@@ -140,11 +140,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    if let Some(waiting) = this.waiting.as_mut() {
+                if buf.filled().len() > before
+                    && let Some(waiting) = this.waiting.as_mut() {
                         waiting.head_started.get_or_insert_with(Instant::now);
                     }
-                }
                 Poll::Ready(result)
             }
             Poll::Pending => match this.poll_deadline(cx) {

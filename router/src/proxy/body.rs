@@ -34,11 +34,10 @@ pub fn install(log: Option<access_log::AccessLog>, disconnects: prometheus::IntC
 /// Hands this thread's buffered access-log lines to the writer.
 pub fn flush_access_log() {
     ACCESS_LOG.with(|cell| {
-        if let Ok(log) = cell.try_borrow() {
-            if let Some(log) = log.as_ref() {
+        if let Ok(log) = cell.try_borrow()
+            && let Some(log) = log.as_ref() {
                 log.flush_thread();
             }
-        }
     });
 }
 
@@ -107,18 +106,16 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if self.upstream_complete {
-            if let Some(pooled) = self.upstream.take() {
+        if self.upstream_complete
+            && let Some(pooled) = self.upstream.take() {
                 upstream::check_in(pooled);
             }
-        }
         if self.status == CLIENT_CLOSED {
             DISCONNECTS.with(|cell| {
-                if let Ok(counter) = cell.try_borrow() {
-                    if let Some(counter) = counter.as_ref() {
+                if let Ok(counter) = cell.try_borrow()
+                    && let Some(counter) = counter.as_ref() {
                         counter.inc();
                     }
-                }
             });
         }
         LocalMetrics::request_done(self.status);

@@ -38,7 +38,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
-            .filter(|token| !token.is_empty() && !(upgrade && token.eq_ignore_ascii_case("upgrade")))
+            .filter(|token| !(token.is_empty() || upgrade && token.eq_ignore_ascii_case("upgrade")))
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
@@ -107,11 +107,10 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
     } else if proto.sanitize || !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(facts.scheme));
     }
-    if !headers.contains_key(X_REQUEST_START) {
-        if let Some(value) = arena::number(facts.arrived_unix_ms) {
+    if !headers.contains_key(X_REQUEST_START)
+        && let Some(value) = arena::number(facts.arrived_unix_ms) {
             headers.insert(X_REQUEST_START, value);
         }
-    }
     headers.remove(EXPECT);
     let request_id = arena::uuid();
     if let Some(id) = &request_id {

@@ -282,11 +282,10 @@ impl Proxy {
                 // The router speaks HTTP/1.1 to the client whatever the backend spoke; hyper adapts it for
                 // HTTP/1.0 clients.
                 response_parts.version = Version::HTTP_11;
-                if let Some(id) = request_id {
-                    if !response_parts.headers.contains_key(X_VCAP_REQUEST_ID) {
+                if let Some(id) = request_id
+                    && !response_parts.headers.contains_key(X_VCAP_REQUEST_ID) {
                         response_parts.headers.insert(X_VCAP_REQUEST_ID, id);
                     }
-                }
                 let endpoint = in_flight.endpoint();
                 let path = if pool.key().path().is_empty() { "/" } else { pool.key().path() };
                 let pin = sticky::Pin {
@@ -319,14 +318,13 @@ impl Proxy {
     /// Picks the endpoint for attempt number `attempt`: the targeted or sticky one first if it can take the
     /// request, then the pool's algorithm.
     fn pick(&self, pool: &Pool, attempt: u32, preferred: Option<usize>, hash_key: Option<&HeaderValue>, tried: Attempted, limits: &Limits) -> Choice {
-        if attempt == 0 {
-            if let Some(index) = preferred {
+        if attempt == 0
+            && let Some(index) = preferred {
                 let usable = pool.endpoint(index).is_some_and(|e| limits.max_conns == 0 || e.in_flight() < limits.max_conns);
                 if usable {
                     return Choice::Endpoint(index);
                 }
             }
-        }
         pool.choose(hash_key.map(HeaderValue::as_bytes), tried, limits)
     }
 
