@@ -155,7 +155,12 @@ mod tests {
         ServiceSettings { scheduler: Scheduler::Rr, persistence: Duration::ZERO }
     }
 
-    fn desired(services: &[(ServiceKey, ServiceSettings, &[(DestinationKey, u32)])]) -> DesiredState {
+    /// A service with its settings and `(backend, weight)` pairs.
+    type Wanted<'a> = (ServiceKey, ServiceSettings, &'a [(DestinationKey, u32)]);
+    /// A service with `(backend, weight, active connections)` triples.
+    type Held<'a> = (ServiceKey, &'a [(DestinationKey, u32, u32)]);
+
+    fn desired(services: &[Wanted<'_>]) -> DesiredState {
         DesiredState {
             services: services
                 .iter()
@@ -177,7 +182,7 @@ mod tests {
         }
     }
 
-    fn owned(services: &[(ServiceKey, &[(DestinationKey, u32, u32)])]) -> ObservedState {
+    fn owned(services: &[Held<'_>]) -> ObservedState {
         ObservedState {
             addresses: services.iter().map(|(key, _)| key.address).collect(),
             services: services.iter().map(|(key, dests)| (*key, observed_service(rr(), dests, false))).collect(),

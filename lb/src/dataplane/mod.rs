@@ -72,6 +72,14 @@ pub enum DataplaneError {
         /// Whether running it again may succeed.
         retryable: bool,
     },
+    /// A program `lb` drives is not installed.
+    #[error("the `{program}` program is not installed; install it with `apt-get install -y {package}`")]
+    Missing {
+        /// The program.
+        program: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
+    },
     /// What the kernel reported could not be understood.
     #[error("could not read the kernel state: {0}")]
     Observe(String),
@@ -82,7 +90,7 @@ impl DataplaneError {
     /// non-retryable error is also logged as needing an operator.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unavailable { .. } | Self::Observe(_) => false,
+            Self::Unavailable { .. } | Self::Missing { .. } | Self::Observe(_) => false,
             Self::Kernel { retryable, .. } | Self::Tool { retryable, .. } => *retryable,
         }
     }
