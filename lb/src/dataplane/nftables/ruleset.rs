@@ -461,7 +461,7 @@ mod tests {
         ];
         assert_eq!(names.iter().collect::<std::collections::BTreeSet<_>>().len(), names.len());
         assert_eq!(names[0], "svc4_tcp_198.18.2.10_80");
-        assert_eq!(names[3], "svc6_tcp_2001-db8--1_80");
+        assert_eq!(names[4], "svc6_tcp_2001-db8--1_80");
     }
 
     #[test]
