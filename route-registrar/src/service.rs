@@ -13,7 +13,7 @@
 use crate::metrics::{PublishResult, RegistrarMetrics};
 use crate::probe::{self, Outcome};
 use crate::schedule::{CheckRequest, Command, Event, Publish, Route, Schedule, Ticket, Why};
-use crate::sources::{LoadError, RouteFiles, read_config};
+use crate::sources::{LoadError, RouteFiles, nats_tls, read_config};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::body::Incoming;
@@ -77,15 +77,16 @@ pub fn warn_ignored(path: &Path, ignored: &[String]) {
     }
 }
 
-/// How to reach NATS, from the config.
-fn nats_settings(config: &RegistrarConfig) -> NatsSettings {
+/// How to reach NATS, from the config (reading the TLS files it names).
+fn nats_settings(config: &RegistrarConfig, config_path: &Path) -> Result<NatsSettings, LoadError> {
+    let tls = nats_tls(config).map_err(|source| LoadError::Invalid { path: config_path.to_owned(), source })?;
     let servers = config
         .message_bus_servers
         .iter()
         .filter_map(|server| server.address().ok())
         .map(|(host, port)| nats::server_url(&host, port))
         .collect();
-    NatsSettings { servers, credentials: config.credentials(), tls: None, client_name: "switchyard-route-registrar".to_owned() }
+    Ok(NatsSettings { servers, credentials: config.credentials(), tls, client_name: "switchyard-route-registrar".to_owned() })
 }
 
 struct StatusPage {
@@ -137,7 +138,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded<RegistrarConfig>) -> Resul
         tokio::spawn(status::serve(listener, Arc::new(StatusPage { metrics: metrics.clone() }), stop_status.clone()));
     }
     let mut signals = Signals::new().map_err(RunError::Signals)?;
-    let link = nats::connect(&nats_settings(&config), &metrics).await?;
+    let link = nats::connect(&nats_settings(&config, &config_path)?, &metrics).await?;
     let subscribe_error = |subject: &str, err: async_nats::SubscribeError| RunError::Subscribe { subject: subject.to_owned(), reason: err.to_string() };
     let mut starts = link.client.subscribe(SUBJECT_START).await.map_err(|err| subscribe_error(SUBJECT_START, err))?;
     let greeting_inbox = link.client.new_inbox();
@@ -352,13 +353,15 @@ impl Registrar {
         let new = loaded.value;
         let old = &self.config;
         if new.message_bus_servers != old.message_bus_servers
+            || new.nats_mtls_config != old.nats_mtls_config
             || new.status != old.status
             || new.unregistration_message_limit != old.unregistration_message_limit
         {
-            tracing::warn!("message_bus_servers, status and unregistration_message_limit take effect at the next restart");
+            tracing::warn!("message_bus_servers, nats_mtls_config, status and unregistration_message_limit take effect at the next restart");
         }
         let config = RegistrarConfig {
             message_bus_servers: old.message_bus_servers.clone(),
+            nats_mtls_config: old.nats_mtls_config.clone(),
             status: old.status.clone(),
             unregistration_message_limit: old.unregistration_message_limit,
             ..new

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use switchyard_config::registrar::{Announcer, RegistrarConfig, ResolvedRoute, RouteFile, resolve_routes};
 use switchyard_config::{ConfigError, Loaded, parse_json, parse_yaml};
+use switchyard_runtime::nats::NatsTls;
 
 /// Why the main config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,24 @@ pub fn read_config(path: &Path) -> Result<Loaded<RegistrarConfig>, LoadError> {
             .map_err(|err| invalid(ConfigError::new(format!("dynamic_config_globs[{index}]"), format!("is not a glob pattern: {err}"))))?;
     }
     Ok(loaded)
+}
+
+/// The TLS settings for NATS named by `nats_mtls_config`, with the PEM files read; `None` when TLS is off.
+pub fn nats_tls(config: &RegistrarConfig) -> Result<Option<NatsTls>, ConfigError> {
+    let files = &config.nats_mtls_config;
+    if !files.enabled {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &str| {
+        std::fs::read_to_string(path).map_err(|err| ConfigError::new(format!("nats_mtls_config.{key}"), format!("cannot read {path}: {err}")))
+    };
+    let ca_pem = read("ca_path", &files.ca_path)?;
+    let client_identity = if files.cert_path.is_empty() {
+        None
+    } else {
+        Some((read("cert_path", &files.cert_path)?, read("key_path", &files.key_path)?))
+    };
+    Ok(Some(NatsTls { ca_pem, client_identity }))
 }
 
 /// One route file as last read.

@@ -3,6 +3,9 @@
 //! The registrar's contract is the sequence of messages it publishes over time, so tests record every
 //! `router.*` / `lb.*` announcement with its arrival time and assert on that timeline.
 
+// A harness that cannot set up has nothing to report but a failed test, with the reason.
+#![allow(clippy::expect_used, clippy::panic)]
+
 use crate::http;
 use crate::nats::NatsServer;
 use crate::process::{Service, binary, free_port, wait_for_port};
@@ -183,4 +186,39 @@ pub fn describe(messages: &[BusMessage]) -> String {
 /// The value of the first metric line starting with `prefix` (name plus labels).
 pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
     metrics.lines().find(|line| line.starts_with(prefix)).and_then(|line| line.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// PEM files for a test CA, a server certificate for `127.0.0.1` and a client certificate, all signed by the CA.
+pub struct TestCertificates {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// The client's certificate and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+/// Makes [`TestCertificates`] in `dir` with the `openssl` command.
+pub fn make_certificates(dir: &Path) -> TestCertificates {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|err| {
+            panic!("openssl is needed to make test certificates ({err}); run `apt-get install -y openssl` (scripts/test installs it)")
+        });
+        assert!(output.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"][..], &key[..], &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=switchyard test CA"]].concat());
+    for (name, extension) in [("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"), ("client", "extendedKeyUsage=clientAuth")] {
+        std::fs::write(dir.join(format!("{name}.ext")), extension).expect("write an extension file");
+        run(&[&["req"][..], &key[..], &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]].concat());
+        run(&[
+            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext"),
+        ]);
+    }
+    TestCertificates {
+        ca: dir.join("ca.pem"),
+        server: (dir.join("server.pem"), dir.join("server.key")),
+        client: (dir.join("client.pem"), dir.join("client.key")),
+    }
 }

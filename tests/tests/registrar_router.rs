@@ -1,6 +1,9 @@
 //! The registrar and the router together, both real binaries on a real `nats-server`: what a user sees is a route
 //! that works shortly after the registrar starts and stops working as soon as the backend's health check fails.
 
+// Helpers here set up the test; failing to is a failed test.
+#![allow(clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
