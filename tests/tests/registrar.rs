@@ -401,3 +401,49 @@ async fn http_checks_gate_router_registrations() {
     healthy.store(false, Ordering::SeqCst);
     bus.wait_for("an unregistration", Duration::from_secs(2), |m| count(m, "router.unregister") >= 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_through_the_same_diff() {
+    let nats = NatsServer::start();
+    let bus = BusRecorder::start(&nats).await;
+    let route = |port: u16| format!("routes:\n  - {{name: web, port: {port}, uris: [web.example.com], registration_interval: 200ms}}\n");
+    let registrar = RegistrarProcess::start(&nats, &route(8080));
+    bus.wait_for("the first route", Duration::from_secs(5), |m| count(m, "router.register") >= 1).await;
+    let original = std::fs::read_to_string(&registrar.config).expect("read the config back");
+    std::fs::write(&registrar.config, original.replace(&route(8080), &route(8081))).expect("rewrite the config");
+    registrar.service.signal(Signal::SIGHUP);
+    let messages = bus.wait_for("the new route", Duration::from_secs(2), |m| !for_port(m, "router.register", 8081).is_empty()).await;
+    let withdrawn = for_port(&messages, "router.unregister", 8080);
+    assert_eq!(withdrawn.len(), 1, "{}", describe(&messages));
+    // A broken config on reload is refused and changes nothing.
+    std::fs::write(&registrar.config, "routes: [{name: web}]\n").expect("break the config");
+    registrar.service.signal(Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages = bus.messages();
+    assert!(for_port(&messages, "router.unregister", 8081).is_empty(), "a bad reload withdrew routes:\n{}", describe(&messages));
+    assert!(registrar.service.log().contains("reload failed"), "{}", registrar.service.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greeting_router_shortens_the_interval() {
+    let nats = NatsServer::start();
+    let bus = BusRecorder::start(&nats).await;
+    // Stand in for a running router: answer router.greet the way gorouter does.
+    let router = nats.client().await;
+    let mut greets = router.subscribe("router.greet").await.expect("subscribe to router.greet");
+    router.flush().await.expect("flush");
+    let answering = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let answer = json!({"id": "0-greeter", "hosts": ["127.0.0.1"], "minimumRegisterIntervalInSeconds": 1, "pruneThresholdInSeconds": 120});
+        while let Some(greet) = greets.next().await {
+            if let Some(reply) = greet.reply {
+                let _ = router.publish(reply, answer.to_string().into()).await;
+            }
+        }
+    });
+    let _registrar = RegistrarProcess::start(&nats, "routes:\n  - {name: web, port: 8080, uris: [web.example.com], registration_interval: 30s}\n");
+    let messages = bus.wait_for("announcements every second", Duration::from_secs(4), |m| count(m, "router.register") >= 3).await;
+    let gap = messages[2].at.duration_since(messages[1].at);
+    assert!(gap > Duration::from_millis(800) && gap < Duration::from_millis(1300), "gap {gap:?}:\n{}", describe(&messages));
+    answering.abort();
+}
