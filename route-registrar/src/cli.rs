@@ -36,7 +36,8 @@ Switchyard adds: routes[].type: nodeport with vip and weight (announced on lb.re
 
 Each route is announced at once and every registration_interval while its check passes; a failing check
 sends up to unregistration_message_limit unregisters in a row. A router's router.start triggers an immediate
-re-announcement. SIGTERM or SIGINT withdraws every route and exits 0; SIGHUP reloads the config file.
+re-announcement. SIGTERM, SIGINT or SIGUSR1 withdraws every route and exits 0; SIGHUP reloads the config
+file (routes, host, route files; NATS and status settings need a restart).
 Logs go to stderr (RUST_LOG=debug for more, SWITCHYARD_LOG_FORMAT=json for JSON lines).
 ";
 

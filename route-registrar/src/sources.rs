@@ -108,12 +108,14 @@ pub struct Update {
 pub struct RouteFiles {
     globs: Vec<String>,
     files: BTreeMap<PathBuf, RouteFileState>,
+    /// The last unusable reading of each file, so one bad edit is reported once, not at every scan.
+    rejected: BTreeMap<PathBuf, Result<String, String>>,
 }
 
 impl RouteFiles {
     /// Route files matching `globs` (none read yet).
     pub fn new(globs: Vec<String>) -> Self {
-        Self { globs, files: BTreeMap::new() }
+        Self { globs, files: BTreeMap::new(), rejected: BTreeMap::new() }
     }
 
     /// Whether there is anything to watch.
@@ -130,6 +132,7 @@ impl RouteFiles {
     /// since the main config the routes are resolved against may have changed too.
     pub fn rewatch(&mut self, globs: Vec<String>) {
         self.globs = globs;
+        self.rejected.clear();
         for state in self.files.values_mut() {
             state.text.clear();
         }
@@ -146,28 +149,38 @@ impl RouteFiles {
         let mut update = Update::default();
         let seen: Vec<PathBuf> = readings.iter().map(|(path, _)| path.clone()).collect();
         for (path, reading) in readings {
+            if self.rejected.get(&path) == Some(&reading) {
+                continue;
+            }
             let text = match reading {
                 Ok(text) => text,
                 Err(problem) => {
+                    self.rejected.insert(path.clone(), Err(problem.clone()));
                     update.problems.push(FileProblem { path, problem });
                     continue;
                 }
             };
             if self.files.get(&path).is_some_and(|state| state.text == text) {
+                self.rejected.remove(&path);
                 continue;
             }
             let parsed = parse_by_name::<RouteFile>(&path, &text)
                 .and_then(|loaded| resolve_routes(&loaded.value.routes, "routes", announcer).map(|routes| (routes, loaded.ignored_keys)));
             match parsed {
                 Ok((routes, ignored)) => {
+                    self.rejected.remove(&path);
                     let previous = self.files.insert(path.clone(), RouteFileState { text, routes });
                     let now = self.files.get(&path).map(|state| &state.routes);
                     update.changed |= previous.as_ref().map(|state| &state.routes) != now;
                     update.loaded.push((path, ignored));
                 }
-                Err(err) => update.problems.push(FileProblem { path, problem: err.to_string() }),
+                Err(err) => {
+                    self.rejected.insert(path.clone(), Ok(text));
+                    update.problems.push(FileProblem { path, problem: err.to_string() });
+                }
             }
         }
+        self.rejected.retain(|path, _| seen.contains(path));
         let gone: Vec<PathBuf> = self.files.keys().filter(|path| !seen.contains(path)).cloned().collect();
         for path in gone {
             if self.files.remove(&path).is_some_and(|state| !state.routes.is_empty()) {
@@ -239,6 +252,9 @@ mod tests {
         assert_eq!(update.problems.len(), 2);
         assert!(update.problems[0].problem.contains("routes[0].registration_interval"), "{:?}", update.problems);
         assert_eq!(names(&files), vec!["a", "b"]);
+        // The same bad readings are reported once.
+        let update = files.update(vec![(a.clone(), Ok("routes: [{name: a}]".into())), (b.clone(), Err("cannot read: denied".into()))], &announcer());
+        assert_eq!(update, Update::default());
         // A real change, and a file that is gone.
         let update = files.update(vec![(a.clone(), Ok(route_file("a", 3)))], &announcer());
         assert!(update.changed);
