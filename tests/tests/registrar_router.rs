@@ -1,32 +1,13 @@
 //! The registrar and the router together, both real binaries on a real `nats-server`: what a user sees is a route
 //! that works shortly after the registrar starts and stops working as soon as the backend's health check fails.
 
-// Helpers here set up the test; failing to is a failed test.
-#![allow(clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_tests::backend::Reply;
 use switchyard_tests::registrar::RegistrarProcess;
-use switchyard_tests::{NatsServer, Service, TestBackend, binary, free_port, http, wait_for_port};
-
-/// A router on `nats` with no start-up delay; returns it with its proxy address once `/health` answers.
-fn start_router(nats: &NatsServer, dir: &std::path::Path) -> (Service, SocketAddr) {
-    let (port, status_port) = (free_port(), free_port());
-    let config = format!(
-        "port: {port}\nstatus: {{host: 127.0.0.1, port: {status_port}, user: admin, pass: secret}}\nnats: {{hosts: [{{hostname: 127.0.0.1, port: {}}}]}}\nstart_response_delay_interval: 0s\n",
-        nats.port()
-    );
-    let path = dir.join("router.yml");
-    std::fs::write(&path, config).expect("write the router config");
-    let path = path.display().to_string();
-    let router = Service::spawn("router", &binary("router"), &["--config", &path], &[], dir);
-    let proxy = SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(wait_for_port(proxy, Duration::from_secs(15)), "router did not listen:\n{}", router.log());
-    (router, proxy)
-}
+use switchyard_tests::{NatsServer, RouterProcess, TestBackend, http};
 
 /// Polls `GET app.example.com/` through the router until it answers `status`; returns how long that took.
 async fn until_status(proxy: SocketAddr, status: u16, timeout: Duration) -> Option<Duration> {
@@ -43,8 +24,8 @@ async fn until_status(proxy: SocketAddr, status: u16, timeout: Duration) -> Opti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_is_routable_within_a_second_and_gone_within_an_interval_of_failing() {
     let nats = NatsServer::start();
-    let work = tempfile::tempdir().expect("scratch directory");
-    let (router, proxy) = start_router(&nats, work.path());
+    let router = RouterProcess::start(&nats, &[]);
+    let proxy = router.addr();
     assert_eq!(http::get(proxy, "app.example.com", "/").await.status, 404, "nothing is routed before the registrar runs");
 
     let healthy = Arc::new(AtomicBool::new(true));
@@ -65,7 +46,7 @@ async fn a_backend_is_routable_within_a_second_and_gone_within_an_interval_of_fa
         ),
     );
     let reachable = until_status(proxy, 200, Duration::from_secs(5)).await.map(|_| started.elapsed());
-    let reachable = reachable.unwrap_or_else(|| panic!("never routable:\n{}\n{}", registrar.service.log(), router.log()));
+    let reachable = reachable.unwrap_or_else(|| panic!("never routable:\n{}\n{}", registrar.service.log(), router.service.log()));
     eprintln!("routable {} ms after the registrar started", reachable.as_millis());
     assert!(reachable < Duration::from_secs(1), "routable only after {reachable:?}");
     assert_eq!(http::get(proxy, "app.example.com", "/").await.text(), "hello from app");
