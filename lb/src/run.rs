@@ -330,6 +330,10 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
     let metrics = LbMetrics::new();
 
     let mut kernel = Kernel::open(&config)?;
+    let traffic = kernel.traffic();
+    if let Some(traffic) = &traffic {
+        metrics.registry.register(Box::new(traffic.collector("lb")));
+    }
     kernel.prepare()?;
     let observed = kernel.observe()?;
     let sources = initial_sources(&config, &observed, Instant::now());
@@ -342,6 +346,7 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
         sync: Arc::clone(&sync.status),
         metrics: metrics.clone(),
         auth: BasicAuth::new(&config.status.user, &config.status.pass),
+        traffic,
     });
     let listener = tokio::net::TcpListener::bind(config.status.address)
         .await

@@ -6,6 +6,8 @@
 //! program its kernel is not healthy even if the process is up.
 
 use crate::intent::{Intent, Rejection, ResolvedBackend, Source};
+use crate::ipvs::Stats;
+use crate::ipvs::traffic::{DestinationTraffic, Traffic};
 use crate::metrics::LbMetrics;
 use crate::sync::SyncStatus;
 use hyper::body::Incoming;
@@ -25,6 +27,8 @@ pub struct LbStatus {
     pub metrics: LbMetrics,
     /// Credentials for `/vips`.
     pub auth: BasicAuth,
+    /// The kernel's traffic counters, when the dataplane has them (IPVS).
+    pub traffic: Option<Traffic>,
 }
 
 #[derive(Serialize)]
@@ -36,7 +40,19 @@ struct VipView<'a> {
     scheduler: Scheduler,
     persistence_timeout: String,
     source: Source,
-    backends: &'a [ResolvedBackend],
+    /// The kernel's counters for the whole VIP (IPVS only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipvs: Option<Stats>,
+    backends: Vec<BackendView<'a>>,
+}
+
+#[derive(Serialize)]
+struct BackendView<'a> {
+    #[serde(flatten)]
+    backend: &'a ResolvedBackend,
+    /// The kernel's connection counts and counters for this backend (IPVS only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipvs: Option<DestinationTraffic>,
 }
 
 #[derive(Serialize)]
@@ -53,15 +69,27 @@ impl LbStatus {
         let vips = intent
             .vips
             .iter()
-            .map(|vip| VipView {
-                name: &vip.spec.name,
-                address: vip.spec.address,
-                port: vip.spec.port,
-                protocol: vip.spec.protocol,
-                scheduler: vip.spec.scheduler,
-                persistence_timeout: switchyard_config::duration::format(vip.spec.persistence_timeout),
-                source: vip.source,
-                backends: &vip.resolved_backends,
+            .map(|vip| {
+                let traffic = self.traffic.as_ref().and_then(|traffic| traffic.service(&vip.spec.key()));
+                let backends = vip
+                    .resolved_backends
+                    .iter()
+                    .map(|backend| BackendView {
+                        backend,
+                        ipvs: traffic.as_ref().and_then(|t| t.destinations.get(&backend.key()).cloned()),
+                    })
+                    .collect();
+                VipView {
+                    name: &vip.spec.name,
+                    address: vip.spec.address,
+                    port: vip.spec.port,
+                    protocol: vip.spec.protocol,
+                    scheduler: vip.spec.scheduler,
+                    persistence_timeout: switchyard_config::duration::format(vip.spec.persistence_timeout),
+                    source: vip.source,
+                    ipvs: traffic.map(|t| t.stats),
+                    backends,
+                }
             })
             .collect();
         status::json(&VipsView { sync: &sync, vips, rejected: &intent.rejected })

@@ -38,6 +38,11 @@ impl Kernel {
         self.dataplane.name()
     }
 
+    /// The dataplane's traffic counters, if its kernel keeps them.
+    pub fn traffic(&self) -> Option<crate::ipvs::Traffic> {
+        self.dataplane.traffic()
+    }
+
     /// Makes the machine ready to forward: IP forwarding, the dataplane's base objects, where VIP addresses go.
     pub fn prepare(&mut self) -> Result<(), DataplaneError> {
         sysctl::ensure("net.ipv4.ip_forward", "1")?;

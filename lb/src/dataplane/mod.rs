@@ -122,27 +122,25 @@ pub trait Dataplane: Send {
     /// Removes the dataplane-wide objects `prepare` made (tables, masquerade). Called by `lb cleanup` after every
     /// owned service has been deleted.
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
+
+    /// The kernel's traffic counters, for dataplanes whose kernel keeps them (IPVS); `/vips` and `/metrics` show
+    /// them.
+    fn traffic(&self) -> Option<crate::ipvs::Traffic> {
+        None
+    }
 }
 
 /// Opens the dataplane the config names; `auto` picks IPVS when the running kernel has it.
 pub fn open(kind: DataplaneKind, settings: DataplaneSettings) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match kind {
         DataplaneKind::Nftables => Ok(Box::new(nftables::NftDataplane::new(settings))),
-        DataplaneKind::Ipvs => Err(DataplaneError::Unavailable {
-            dataplane: "ipvs",
-            why: "this build of lb does not include the IPVS dataplane yet; use `dataplane: nftables`".to_owned(),
-        }),
+        DataplaneKind::Ipvs => Ok(Box::new(crate::ipvs::IpvsDataplane::new(settings))),
         DataplaneKind::Auto => {
-            if kernel_has_ipvs() {
+            if crate::ipvs::kernel_has_ipvs() {
                 open(DataplaneKind::Ipvs, settings)
             } else {
                 open(DataplaneKind::Nftables, settings)
             }
         }
     }
-}
-
-/// Whether the running kernel has IPVS loaded (it publishes `/proc/net/ip_vs` once the module is in).
-fn kernel_has_ipvs() -> bool {
-    std::path::Path::new("/proc/net/ip_vs").exists()
 }
