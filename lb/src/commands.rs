@@ -77,9 +77,9 @@ pub async fn plan(config_path: &Path) -> Result<String, LbError> {
     if let Some(nats) = &config.nats {
         let client = connect_config(nats).await?;
         if let Some(store) = kv::open_existing(&client, &nats.vip_bucket).await? {
-            for (key, revision, value) in kv::snapshot(&store).await? {
-                // Refusals show up as rejections in the intent below.
-                let _ = sources.kv_put(&key, revision, &value);
+            for event in kv::replay(&store).await? {
+                // The same handling as a running lb's; refusals show up as rejections in the intent below.
+                let _ = sources.kv_event(event);
             }
         }
     }

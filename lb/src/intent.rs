@@ -11,6 +11,7 @@
 //! - Bad input is refused and reported, and loses nothing: an invalid KV value leaves the last valid one in force.
 
 use crate::health::{Health, HealthState, Thresholds};
+use crate::kv::KvEvent;
 use crate::leases::{Leases, Renewal};
 use crate::model::{DesiredService, DesiredState, DestinationKey, ServiceKey, ServiceSettings};
 use serde::Serialize;
@@ -49,7 +50,8 @@ pub struct SourceSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KvEntry {
-    /// The last valid value and its revision.
+    /// The last valid value, with the revision at which the key first held a valid value (so an update does not
+    /// make a VIP "newer" than one that was published after it).
     valid: Option<(u64, VipSpec)>,
     /// The problem with the latest value, if it was refused.
     problem: Option<String>,
@@ -183,7 +185,8 @@ impl Sources {
         match parsed {
             Ok(spec) => {
                 let changed = entry.valid.as_ref().is_none_or(|(_, old)| *old != spec) || entry.problem.is_some();
-                entry.valid = Some((revision, spec));
+                let since = entry.valid.as_ref().map_or(revision, |(since, _)| *since);
+                entry.valid = Some((since, spec));
                 entry.problem = None;
                 Ok(changed)
             }
@@ -191,6 +194,16 @@ impl Sources {
                 entry.problem = Some(problem.clone());
                 Err(problem)
             }
+        }
+    }
+
+    /// One event of the KV watch; returns whether the intent changed, or why a value was refused. The `Loaded`
+    /// marker changes nothing here (the caller tracks it).
+    pub fn kv_event(&mut self, event: KvEvent) -> Result<bool, String> {
+        match event {
+            KvEvent::Put { key, revision, value } => self.kv_put(&key, revision, &value),
+            KvEvent::Delete { key } => Ok(self.kv_delete(&key)),
+            KvEvent::Loaded => Ok(false),
         }
     }
 
@@ -483,6 +496,13 @@ mod tests {
                 ("clash", "tcp/198.18.2.10:80 is already served by VIP `web`"),
             ]
         );
+        // Updating the VIP that holds an address does not hand the address to a later one.
+        let mut early = spec("early", 21, &[]);
+        early.scheduler = Scheduler::Wrr;
+        sources.kv_put("early", 9, &serde_json::to_vec(&early).unwrap()).unwrap();
+        let intent = sources.resolve();
+        assert!(intent.vips.iter().any(|v| v.spec.name == "early" && v.spec.scheduler == Scheduler::Wrr));
+        assert!(intent.rejected.iter().any(|r| r.vip == "late"));
     }
 
     #[test]
@@ -498,6 +518,16 @@ mod tests {
         assert!(err.contains("must be the VIP's name"), "{err}");
         let err = sources.kv_put("bad", 5, b"{not json").unwrap_err();
         assert!(!err.is_empty());
+        // Replaying the same history (a restarted lb) ends in the same state.
+        let mut replayed = Sources::new(settings());
+        let history = [
+            (1, serde_json::to_vec(&spec("web", 10, &[])).unwrap()),
+            (2, br#"{"name":"web","address":"198.18.2.10","port":0}"#.to_vec()),
+        ];
+        for (revision, value) in history {
+            let _ = replayed.kv_event(KvEvent::Put { key: "web".to_owned(), revision, value: value.into() });
+        }
+        assert_eq!(replayed.resolve().desired(), before);
         let intent = sources.resolve();
         assert_eq!(intent.desired(), before);
         assert_eq!(intent.rejected.len(), 2);

@@ -1,9 +1,11 @@
 //! The JetStream key-value bucket of operator-published VIPs (`lb_vips`: key = VIP name, value = one VIP as JSON).
 //!
 //! The bucket is what lets a fleet of LBs agree and a restarted LB lose nothing: every `lb` watches it, and
-//! operators write it with `lb vip put|rm`. The watch delivers the last value of every key first and then every
-//! change, and says when the first part is over, because `lb` must not delete a service for a VIP it simply has
-//! not read yet. Whoever touches the bucket first creates it, so neither side depends on the other starting first.
+//! operators write it with `lb vip put|rm`. The watch replays the bucket's kept history (a few values per key) in
+//! order and then follows changes, and says when the replay is over, because `lb` must not delete a service for a
+//! VIP it simply has not read yet. Replaying history rather than only the latest values is what lets a restarted
+//! `lb` keep a VIP's last valid value when the newest one is broken, exactly as the running `lb` did. Whoever
+//! touches the bucket first creates it, so neither side depends on the other starting first.
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -62,12 +64,26 @@ pub async fn open(client: &async_nats::Client, bucket: &str) -> Result<kv::Store
     if let Ok(store) = context.get_key_value(bucket).await {
         return Ok(store);
     }
-    let config = kv::Config { bucket: bucket.to_owned(), history: HISTORY, description: "Switchyard lb VIPs".to_owned(), ..Default::default() };
-    match context.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Someone else may have created it in between.
-        Err(create) => context.get_key_value(bucket).await.map_err(|_| KvError::Bucket { bucket: bucket.to_owned(), detail: create.to_string() }),
-    }
+    // The stream a KV bucket is (ADR-8), created directly: async-nats's `create_key_value` first reads account
+    // details in a shape nats-server 2.9 does not send.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("Switchyard lb VIPs".to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: HISTORY,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    // Creation fails if someone else created it in between; what counts is whether it can be opened now.
+    let created = context.create_stream(config).await;
+    context.get_key_value(bucket).await.map_err(|err| {
+        let detail = created.err().map_or_else(|| err.to_string(), |create| create.to_string());
+        KvError::Bucket { bucket: bucket.to_owned(), detail }
+    })
 }
 
 /// Opens the bucket if it exists; never creates it (for commands that must change nothing).
@@ -87,8 +103,8 @@ pub async fn open_existing(client: &async_nats::Client, bucket: &str) -> Result<
     }
 }
 
-/// Every key's current value, in revision order.
-pub async fn snapshot(store: &kv::Store) -> Result<Vec<(String, u64, Bytes)>, KvError> {
+/// The whole kept history of the bucket, in order, as the watch of a running `lb` replays it at start.
+pub async fn replay(store: &kv::Store) -> Result<Vec<KvEvent>, KvError> {
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let read = async {
         let (mut watch, loaded) = start_watch(store, &sender).await?;
@@ -96,8 +112,17 @@ pub async fn snapshot(store: &kv::Store) -> Result<Vec<(String, u64, Bytes)>, Kv
     };
     tokio::time::timeout(READ_TIMEOUT, read).await.map_err(|_| KvError::Read(format!("no complete answer within {}s", READ_TIMEOUT.as_secs())))??;
     drop(sender);
-    let mut values = std::collections::BTreeMap::new();
+    let mut events = Vec::new();
     while let Some(event) = receiver.recv().await {
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Every key's current value, in revision order.
+pub async fn snapshot(store: &kv::Store) -> Result<Vec<(String, u64, Bytes)>, KvError> {
+    let mut values = std::collections::BTreeMap::new();
+    for event in replay(store).await? {
         match event {
             KvEvent::Put { key, revision, value } => {
                 values.insert(key, (revision, value));
@@ -113,11 +138,11 @@ pub async fn snapshot(store: &kv::Store) -> Result<Vec<(String, u64, Bytes)>, Kv
     Ok(entries)
 }
 
-/// Starts a watch that delivers the last value of every key, then changes. Sends [`KvEvent::Loaded`] at once
-/// when the bucket is empty (no entry would ever say so), and returns whether it did.
+/// Starts a watch that replays every kept value, then follows changes. Sends [`KvEvent::Loaded`] at once when
+/// the bucket is empty (no entry would ever say so), and returns whether it did.
 async fn start_watch(store: &kv::Store, events: &mpsc::UnboundedSender<KvEvent>) -> Result<(kv::Watch, bool), KvError> {
     let status = store.status().await.map_err(|e| KvError::Read(e.to_string()))?;
-    let watch = store.watch_with_history(">").await.map_err(|e| KvError::Read(e.to_string()))?;
+    let watch = store.watch_all_from_revision(1).await.map_err(|e| KvError::Read(e.to_string()))?;
     let empty = status.values() == 0;
     if empty {
         let _ = events.send(KvEvent::Loaded);

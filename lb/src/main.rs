@@ -91,7 +91,10 @@ async fn dispatch(cli: Cli) -> Result<Option<String>, LbError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    switchyard_runtime::logging::init();
+    // One-shot commands print their result on stdout; their logs would only be noise unless asked for.
+    if matches!(cli.command, None | Some(Command::Run)) || std::env::var_os("RUST_LOG").is_some() {
+        switchyard_runtime::logging::init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -183,33 +183,30 @@ impl Runner {
     }
 
     fn on_kv(&mut self, event: KvEvent) {
-        match event {
-            KvEvent::Put { key, revision, value } => match self.sources.kv_put(&key, revision, &value) {
-                Ok(changed) => {
-                    self.metrics.kv_updates.with_label_values(&["ok"]).inc();
-                    if changed {
-                        tracing::info!(vip = %key, revision, "VIP published in the bucket");
-                    }
-                    self.dirty |= changed;
-                }
-                Err(problem) => {
-                    self.metrics.kv_updates.with_label_values(&["rejected"]).inc();
-                    tracing::warn!(vip = %key, revision, %problem, "refused a VIP from the bucket; its last valid value stays in force");
-                    self.dirty = true;
-                }
-            },
-            KvEvent::Delete { key } => {
-                if self.sources.kv_delete(&key) {
-                    tracing::info!(vip = %key, "VIP removed from the bucket");
-                    self.dirty = true;
-                }
-            }
+        let (key, revision) = match &event {
+            KvEvent::Put { key, revision, .. } => (key.clone(), Some(*revision)),
+            KvEvent::Delete { key } => (key.clone(), None),
             KvEvent::Loaded => {
                 if !self.complete {
                     tracing::info!("VIP bucket read; VIPs missing from every source may now be removed");
                     self.complete = true;
                     self.dirty = true;
                 }
+                return;
+            }
+        };
+        match self.sources.kv_event(event) {
+            Ok(changed) => {
+                self.metrics.kv_updates.with_label_values(&["ok"]).inc();
+                if changed {
+                    tracing::info!(vip = %key, ?revision, "VIP bucket change");
+                }
+                self.dirty |= changed;
+            }
+            Err(problem) => {
+                self.metrics.kv_updates.with_label_values(&["rejected"]).inc();
+                tracing::warn!(vip = %key, ?revision, %problem, "refused a VIP from the bucket; its last valid value stays in force");
+                self.dirty = true;
             }
         }
     }

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod http;
 pub mod nats;
+pub mod netns;
 pub mod process;
 pub mod registrar;
 pub mod router;
