@@ -223,7 +223,16 @@ impl Body for ResponseBody {
             Content::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
         };
         match &polled {
-            Some(Ok(frame)) => this.count(frame),
+            Some(Ok(frame)) => {
+                this.count(frame);
+                // hyper stops polling once a body reports its end, so a body that is complete after this frame
+                // will never be polled to `None`: finish here.
+                if this.is_end_stream() {
+                    if let Some(mut exchange) = this.exchange.take() {
+                        exchange.finish_upstream(true);
+                    }
+                }
+            }
             Some(Err(_)) => {
                 if let Some(exchange) = this.exchange.as_mut() {
                     exchange.finish_upstream(false);
