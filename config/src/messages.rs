@@ -23,8 +23,9 @@ pub const SUBJECT_LB_REGISTER: &str = "lb.register";
 /// NATS subject on which cells withdraw a NodePort.
 pub const SUBJECT_LB_UNREGISTER: &str = "lb.unregister";
 
-/// Reads `null` as the type's default, as Go's JSON decoder does for the emitters that send it.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+/// Reads `null` as the type's default, as Go's JSON decoder does for the emitters (and templated configs) that
+/// send it.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,

@@ -15,7 +15,7 @@
 
 use crate::duration;
 use crate::error::{ConfigError, Validate};
-use crate::messages::{LbRegistration, MessageError, MessageLimits, Registration, RouteOptions, check_backend_host, check_vip_name};
+use crate::messages::{LbRegistration, MessageError, MessageLimits, Registration, RouteOptions, check_backend_host, check_vip_name, null_as_default};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,17 +34,17 @@ pub struct RegistrarConfig {
     /// NATS servers of one cluster, tried in turn.
     pub message_bus_servers: Vec<MessageBusServer>,
     /// The address routers and `lb` should send traffic to, for routes that do not name their own `host`.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
     /// Availability zone carried in every route registration.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub availability_zone: String,
     /// How many unregister messages a failing route sends in a row before going quiet.
     pub unregistration_message_limit: u32,
     /// Routes announced for the life of the process.
     pub routes: Vec<RouteConfig>,
     /// Glob patterns of route files (`{routes: [...]}`) picked up, changed and dropped while running.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub dynamic_config_globs: Vec<String>,
     /// Switchyard's own: how often the `dynamic_config_globs` are scanned for changes.
     #[serde(deserialize_with = "duration::deserialize", serialize_with = "duration::serialize")]
@@ -62,13 +62,13 @@ pub struct NatsTlsFiles {
     /// Whether to speak TLS to the servers.
     pub enabled: bool,
     /// Client certificate chain, for servers that verify clients.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub cert_path: String,
     /// Client private key.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub key_path: String,
     /// CA certificates that sign the servers' certificates.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub ca_path: String,
 }
 
@@ -93,13 +93,13 @@ impl Default for RegistrarConfig {
 #[serde(default)]
 pub struct MessageBusServer {
     /// `host:port` (the port defaults to 4222; IPv6 literals in brackets).
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
     /// User name, if the server requires one.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub user: String,
     /// Password for `user`.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub password: String,
 }
 
@@ -176,32 +176,32 @@ impl<'de> Deserialize<'de> for RouteKind {
 #[serde(default)]
 pub struct RouteConfig {
     /// Name used in logs and metrics; required, as in the original.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
     /// `http` (the default) or `nodeport`.
     #[serde(rename = "type")]
     pub kind: RouteKind,
     /// Backend address for this route; the top-level `host` when empty.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
     /// Plain-HTTP port (for `nodeport`: the NodePort).
     pub port: Option<u16>,
     /// TLS port; requires `server_cert_domain_san`.
     pub tls_port: Option<u16>,
     /// Backend protocol, `http1` (default) or `http2`.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub protocol: String,
     /// `host[/path]` routes served by this backend.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub uris: Vec<String>,
     /// Free-form tags carried in the registration.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub tags: BTreeMap<String, String>,
     /// SAN the backend's certificate carries, checked by the router on `tls_port`.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub server_cert_domain_san: String,
     /// An https route service in front of the route.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub route_service_url: String,
     /// How often the route is announced (and its health checked); required.
     #[serde(deserialize_with = "optional_duration", serialize_with = "duration::serialize_option")]
@@ -211,7 +211,7 @@ pub struct RouteConfig {
     /// Per-route load-balancing options passed to the router.
     pub options: RouteOptions,
     /// Switchyard's own, `nodeport` only: name of the `lb` VIP this NodePort serves.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub vip: String,
     /// Switchyard's own, `nodeport` only: relative weight of this cell in the VIP (default 1).
     pub weight: Option<u32>,
@@ -222,10 +222,10 @@ pub struct RouteConfig {
 #[serde(default)]
 pub struct HealthCheckConfig {
     /// Name used in logs.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
     /// Executable run without arguments; exit 0 means healthy.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "null_as_default")]
     pub script_path: String,
     /// Longest a check may take; half the registration interval when absent, and always shorter than it.
     #[serde(deserialize_with = "optional_duration", serialize_with = "duration::serialize_option")]
@@ -289,15 +289,6 @@ pub struct RouteFile {
     pub routes: Vec<RouteConfig>,
 }
 
-/// Reads `null` as the default, as Go's decoder (and so the original's configs) does. Only for leaves: on a field
-/// with nested keys it would hide their paths from the ignored-key report.
-fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
 
 /// An optional duration where an empty string, as templated configs write it, means "not set".
 fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {

@@ -4,6 +4,9 @@
 //! router/registrar/lb processes, so each test is isolated and may kill and restart any part. A missing
 //! dependency fails the test with the command that installs it; nothing is ever skipped.
 
+// A harness that cannot set up has nothing to report but a failed test, with the reason: it may panic.
+#![allow(clippy::expect_used, clippy::panic, reason = "test harness: a failed setup is a failed test")]
+
 pub mod backend;
 pub mod http;
 pub mod nats;
@@ -11,6 +14,7 @@ pub mod netns;
 pub mod process;
 pub mod registrar;
 pub mod router;
+pub mod vm;
 
 pub use backend::{Recorded, TestBackend};
 pub use nats::NatsServer;

@@ -3,9 +3,6 @@
 //! The registrar's contract is the sequence of messages it publishes over time, so tests record every
 //! `router.*` / `lb.*` announcement with its arrival time and assert on that timeline.
 
-// A harness that cannot set up has nothing to report but a failed test, with the reason.
-#![allow(clippy::expect_used, clippy::panic)]
-
 use crate::http;
 use crate::nats::NatsServer;
 use crate::process::{Service, binary, free_port, wait_for_port};

@@ -25,6 +25,8 @@ pub enum RouterError {
     ConnectionLimit,
     /// `X-CF-APP-INSTANCE` is not `<guid>:<index>`.
     InvalidAppInstanceHeader,
+    /// A method the router does not proxy (CONNECT: the router is not a tunnel to arbitrary hosts).
+    UnsupportedMethod,
     /// `X-CF-APP-INSTANCE` names an instance the route does not have.
     UnknownInstance {
         /// App GUID asked for.
@@ -41,6 +43,7 @@ impl RouterError {
             Self::EmptyHost | Self::InvalidAppInstanceHeader | Self::UnknownInstance { .. } => StatusCode::BAD_REQUEST,
             Self::NoEndpoints | Self::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Self::EndpointFailure(_) => StatusCode::BAD_GATEWAY,
+            Self::UnsupportedMethod => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
@@ -53,6 +56,7 @@ impl RouterError {
             Self::HeadersTooLarge => HeaderValue::from_static("max-request-size-exceeded"),
             Self::ConnectionLimit => HeaderValue::from_static("Connection Limit Reached"),
             Self::InvalidAppInstanceHeader => HeaderValue::from_static("invalid_cf_app_instance_header"),
+            Self::UnsupportedMethod => HeaderValue::from_static("unsupported_method"),
             Self::EndpointFailure(reason) => {
                 let text: String = format!("endpoint_failure ({reason})").chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
                 HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("endpoint_failure"))
@@ -69,6 +73,7 @@ impl RouterError {
             Self::HeadersTooLarge => String::new(),
             Self::ConnectionLimit => "503 Service Unavailable: Connection Limit Reached\n".to_owned(),
             Self::InvalidAppInstanceHeader => "400 Bad Request: Invalid X-CF-App-Instance Header\n".to_owned(),
+            Self::UnsupportedMethod => "405 Method Not Allowed\n".to_owned(),
             Self::UnknownInstance { app, index } => {
                 format!("400 Bad Request: Requested instance ('{index}') with guid ('{app}') does not exist for route ('{route}')\n")
             }

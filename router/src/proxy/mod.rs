@@ -27,7 +27,7 @@ use answer::RouterError;
 use arc_swap::ArcSwap;
 use body::{Exchange, RequestBody, ResponseBody};
 use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID};
-use http::header::{HOST, REFERER, USER_AGENT};
+use http::header::{CONNECTION, HOST, REFERER, TRANSFER_ENCODING, USER_AGENT};
 use http_body::Body as _;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -188,7 +188,21 @@ impl Proxy {
     }
 
     /// Handles one request.
+    ///
+    /// A request framed with `Transfer-Encoding` is answered and then its connection is closed. hyper has already
+    /// resolved a `Transfer-Encoding` + `Content-Length` conflict in favour of the chunks, but a front proxy that
+    /// read the other header would disagree about where the next request starts; closing means no byte after the
+    /// body is ever read as a request.
     pub async fn serve(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let chunked = request.headers().contains_key(TRANSFER_ENCODING);
+        let mut response = self.route(request, conn).await;
+        if chunked {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let mut exchange = Exchange::begin(conn.activity.begin(), Instant::now());
         let (mut parts, body) = request.into_parts();
         let arrived_wall = SystemTime::now();
@@ -213,6 +227,9 @@ impl Proxy {
         let fail = |error: RouterError, exchange: Exchange| error.respond(&route_text(raw_host, &requested_uri), Some(exchange));
         if headers::head_size(&parts.method, &parts.uri, &parts.headers) > self.settings.max_header_bytes {
             return fail(RouterError::HeadersTooLarge, exchange);
+        }
+        if parts.method == Method::CONNECT {
+            return fail(RouterError::UnsupportedMethod, exchange);
         }
         if raw_host.is_empty() {
             return fail(RouterError::EmptyHost, exchange);
