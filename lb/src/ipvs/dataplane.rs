@@ -19,7 +19,7 @@ use crate::model::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const NAME: &str = "ipvs";
 
@@ -125,11 +125,12 @@ impl Dataplane for IpvsDataplane {
     fn apply(&mut self, before: &ObservedServices, steps: &[Step]) -> Result<(), DataplaneError> {
         let changes: Vec<Change> = steps.iter().map(change_of).collect();
         let client = self.client()?;
-        let start = client.requests_sent();
+        let (started, start) = (Instant::now(), client.requests_sent());
         let outcome = client.apply(&changes);
         let sent = client.requests_sent() - start;
         self.traffic.count_requests(Purpose::Write, sent);
-        tracing::debug!(steps = steps.len(), netlink_requests = sent, "applied IPVS steps");
+        let elapsed_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(steps = steps.len(), netlink_requests = sent, elapsed_seconds, "applied IPVS steps");
         let refusals = match outcome {
             Ok(refusals) => refusals,
             Err(error) => {
@@ -205,9 +206,9 @@ fn observe_kernel(client: &mut IpvsClient) -> Result<(ObservedServices, BTreeMap
     for entry in client.services()? {
         // Firewall-mark and SCTP services cannot be lb's, and the model has no words for them.
         let Some(key) = model_key(&entry.service.key) else { continue };
-        let destinations = client.destinations(&entry.service.key)?;
-        traffic.insert(key, traffic_of(&entry, &destinations));
-        services.insert(key, observed_of(&entry, &destinations));
+        let (observed, counters) = read_service(&entry, &client.destinations(&entry.service.key)?);
+        services.insert(key, observed);
+        traffic.insert(key, counters);
     }
     Ok((services, traffic))
 }
@@ -234,7 +235,8 @@ fn kernel_key(key: &ServiceKey) -> objects::ServiceKey {
     objects::ServiceKey::socket(protocol, key.address, key.port)
 }
 
-fn observed_of(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> ObservedService {
+/// A service in the model's terms, and its counters for `/vips` and `/metrics`, from one dump.
+fn read_service(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> (ObservedService, ServiceTraffic) {
     let service = &entry.service;
     let persistent = service.flags.contains(ServiceFlags::PERSISTENT);
     let settings = ServiceSettings {
@@ -243,22 +245,7 @@ fn observed_of(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> Obser
         scheduler: Scheduler::from_name(&service.scheduler).unwrap_or_default(),
         persistence: if persistent { Duration::from_secs(u64::from(service.timeout)) } else { Duration::ZERO },
     };
-    let destinations = destinations
-        .iter()
-        .map(|entry| {
-            let observed = ObservedDestination {
-                weight: entry.destination.weight,
-                active_connections: entry.active_connections,
-                inactive_connections: entry.inactive_connections,
-            };
-            (model_destination(&entry.destination.key), observed)
-        })
-        .collect();
-    ObservedService { settings, destinations, exclusive: false }
-}
-
-fn traffic_of(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> ServiceTraffic {
-    let destinations = destinations
+    let traffic: BTreeMap<DestinationKey, DestinationTraffic> = destinations
         .iter()
         .map(|entry| {
             let traffic = DestinationTraffic {
@@ -270,7 +257,18 @@ fn traffic_of(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> Servic
             (model_destination(&entry.destination.key), traffic)
         })
         .collect();
-    ServiceTraffic { stats: entry.stats, destinations }
+    let observed = traffic
+        .iter()
+        .map(|(key, t)| {
+            let observed = ObservedDestination {
+                weight: t.weight,
+                active_connections: t.active_connections,
+                inactive_connections: t.inactive_connections,
+            };
+            (*key, observed)
+        })
+        .collect();
+    (ObservedService { settings, destinations: observed, exclusive: false }, ServiceTraffic { stats: entry.stats, destinations: traffic })
 }
 
 fn model_destination(key: &objects::DestinationKey) -> DestinationKey {
@@ -383,20 +381,19 @@ mod tests {
             persistent_connections: 0,
             stats: objects::Stats { bytes_in: 10, ..objects::Stats::default() },
         };
-        let observed = observed_of(&entry, std::slice::from_ref(&destination));
+        let (observed, traffic) = read_service(&entry, &[destination]);
         assert_eq!(observed.settings, ServiceSettings { scheduler: Scheduler::Sh, persistence: Duration::from_secs(60) });
         assert_eq!(
             observed.destinations.get(&cell(2)),
             Some(&ObservedDestination { weight: 0, active_connections: 3, inactive_connections: 4 })
         );
         assert!(!observed.exclusive);
-        let traffic = traffic_of(&entry, &[destination]);
         assert_eq!(traffic.destinations.get(&cell(2)).map(|d| d.stats.bytes_in), Some(10));
 
         // A timeout without the persistent flag is not persistence.
         let mut plain = objects::Service::new(kernel_key(&vip(10, 80)), "nq");
         plain.timeout = 60;
-        let observed = observed_of(&ServiceEntry { service: plain, stats: objects::Stats::default() }, &[]);
+        let (observed, _) = read_service(&ServiceEntry { service: plain, stats: objects::Stats::default() }, &[]);
         assert_eq!(observed.settings, ServiceSettings::default());
     }
 
