@@ -140,8 +140,9 @@ wait_for 10 metric_at_least 'switchyard_lb_ipvs_service_connections_total{vip="t
     || problem "lb's IPVS connection counter did not reach 6"
 echo "RESULT metric_service_connections $(metric 'switchyard_lb_ipvs_service_connections_total{vip="tcp/198.18.100.10:80"}')"
 echo "RESULT metric_backend_bytes_out_cell1 $(metric 'switchyard_lb_ipvs_backend_bytes_total{backend="198.18.1.2:10001",direction="out",vip="tcp/198.18.100.10:80"}')"
-section vips timeout 5 wget -q -O - "http://admin:secret@$STATUS/vips"
-echo
+# /vips ends without a newline; the section marker must start a line of its own.
+vips() { timeout 5 wget -q -O - "http://admin:secret@$STATUS/vips"; echo; }
+section vips vips
 
 phase reweight
 # --- change one backend's weight: one netlink request ---------------------------------------------------------
