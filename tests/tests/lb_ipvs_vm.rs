@@ -1,6 +1,7 @@
 //! The `ipvs` dataplane against a real kernel: a Debian kernel booted under QEMU runs the real `lb` binary with
 //! `dataplane: ipvs` (tests/vm/lb-ipvs-scenario.sh), and this test asserts on what the guest reports: the IPVS
-//! table as `ipvsadm -Sn` prints it, real TCP through the VIP with SNAT, a weight change and a graceful removal,
+//! table as `ipvsadm -Sn` prints it, real TCP through an IPv4 and an IPv6 VIP with SNAT, a weight change and a
+//! graceful removal,
 //! a restart that changes nothing, a foreign service left alone, and 1,000 VIPs x 10 backends from empty.
 //!
 //! The host kernel has no IPVS, so this is the only place the IPVS client meets the kernel it was written for.
@@ -16,17 +17,23 @@ use switchyard_tests::binary;
 use switchyard_tests::vm::{self, Console, GuestSpec};
 
 const VIP: &str = "198.18.100.10:80";
+const VIP6_TABLE: [&str; 3] = [
+    "-A -t [2001:db8:100::10]:80 -s rr",
+    "-a -t [2001:db8:100::10]:80 -r [2001:db8:1::2]:10001 -m -w 1",
+    "-a -t [2001:db8:100::10]:80 -r [2001:db8:2::2]:10001 -m -w 1",
+];
 const FOREIGN: [&str; 2] = ["-A -t 198.18.200.1:8080 -s wlc", "-a -t 198.18.200.1:8080 -r 198.18.1.2:9 -m -w 5"];
 const SCALE_VIPS: usize = 1_000;
 const SCALE_BACKENDS: usize = 10;
 /// The budget CI gives this test, boot and build included.
 const BUDGET: Duration = Duration::from_secs(180);
 
-/// 1,000 VIPs with 10 backends each; `first_weight` is the weight of the very first backend.
+/// 1,000 VIPs with 10 backends each; `first_weight` is the weight of the very first backend. The dataplane is
+/// `auto`, which must find IPVS in this kernel.
 fn scale_config(first_weight: u32) -> String {
     let mut text = String::from(
         "status: {address: \"127.0.0.1:8091\", user: admin, pass: secret}\n\
-         dataplane: ipvs\nvip_interface: sy-vip0\nsnat: true\nsync_interval: 120s\nhealth_check: {type: none}\nvips:\n",
+         dataplane: auto\nvip_interface: sy-vip0\nsnat: true\nsync_interval: 120s\nhealth_check: {type: none}\nvips:\n",
     );
     for vip in 0..SCALE_VIPS {
         let (third, fourth) = (vip / 250, vip % 250 + 1);
@@ -52,13 +59,14 @@ fn sorted(lines: &[&str]) -> Vec<String> {
     lines
 }
 
-/// `ipvsadm -Sn`, sorted, for the VIP with both cells at these weights, next to the foreign service.
+/// `ipvsadm -Sn`, sorted: the IPv4 VIP with both cells at these weights, the IPv6 VIP, the foreign service.
 fn table(cell1: u32, cell2: u32) -> Vec<String> {
     let mut lines = vec![
         format!("-A -t {VIP} -s wrr"),
         format!("-a -t {VIP} -r 198.18.1.2:10001 -m -w {cell1}"),
         format!("-a -t {VIP} -r 198.18.2.2:10001 -m -w {cell2}"),
     ];
+    lines.extend(VIP6_TABLE.map(String::from));
     lines.extend(FOREIGN.map(String::from));
     lines.sort();
     lines
@@ -110,9 +118,11 @@ impl Report<'_> {
 fn answering_cell(report: &Report<'_>, line: &str) -> String {
     let mut words = line.split_whitespace();
     let (Some(cell), Some(source)) = (words.next(), words.next()) else { report.fail(&format!("unexpected answer {line:?}")) };
-    let expected_source = match cell {
-        "cell1" => "198.18.1.1",
-        "cell2" => "198.18.2.1",
+    let expected_source = match (cell, source.contains(':')) {
+        ("cell1", false) => "198.18.1.1",
+        ("cell2", false) => "198.18.2.1",
+        ("cell1", true) => "2001:db8:1::1",
+        ("cell2", true) => "2001:db8:2::1",
         _ => report.fail(&format!("unexpected answer {line:?}")),
     };
     report.check(source == expected_source, &format!("{cell} saw source {source}, not the LB's {expected_source}: no SNAT"));
@@ -149,12 +159,17 @@ fn ipvs_dataplane_on_a_real_kernel() {
     let masquerade = report.section("masquerade").join("\n");
     report.check(masquerade.contains("ct original ip daddr @ipvs_vips4 masquerade"), "no masquerade on the original destination");
     report.check(masquerade.contains("198.18.100.10"), "the VIP address is not in the masquerade set");
+    report.check(masquerade.contains("2001:db8:100::10"), "the IPv6 VIP address is not in the masquerade set");
 
     // Real TCP through the VIP to both cells, each seeing the LB as the source.
     let traffic = report.section("traffic");
     report.check(traffic.len() == 6, "not every request through the VIP was answered");
     let cells: BTreeSet<String> = traffic.iter().map(|line| answering_cell(&report, line)).collect();
     report.check(cells.len() == 2, "the VIP did not spread connections over both cells");
+    let traffic6 = report.section("traffic6");
+    report.check(traffic6.len() == 4, "not every request through the IPv6 VIP was answered");
+    let cells6: BTreeSet<String> = traffic6.iter().map(|line| answering_cell(&report, line)).collect();
+    report.check(cells6.len() == 2, "the IPv6 VIP did not spread connections over both cells");
     report.check(report.number("metric_service_connections") >= 6.0, "lb's metrics miss the connections IPVS scheduled");
     report.check(report.number("metric_backend_bytes_out_cell1") > 0.0, "lb's metrics miss IPVS byte counters");
     let vips = report.section("vips").join("\n");
@@ -205,6 +220,7 @@ fn ipvs_dataplane_on_a_real_kernel() {
     // Scale: from empty in one apply of one request per object; then one change at scale is one request.
     report.check(report.count("scale_services") == SCALE_VIPS, "not every VIP was programmed at scale");
     report.check(report.count("scale_destinations") == SCALE_VIPS * SCALE_BACKENDS, "not every backend was programmed at scale");
+    report.check(report.result("scale_dataplane") == "ipvs", "`dataplane: auto` did not pick IPVS on a kernel that has it");
     let objects = SCALE_VIPS * (1 + SCALE_BACKENDS);
     report.check(report.count("scale_first_sync_steps") == objects, "the first sync at scale did not plan one step per object");
     report.check(report.count("scale_first_sync_writes") == objects, "the first sync at scale did not send one request per object");

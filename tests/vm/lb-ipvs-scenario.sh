@@ -5,6 +5,7 @@
 # Hosts, each in its own network namespace except the LB (the guest's own namespace, where lb runs):
 #   client 198.18.0.2/24 --- 198.18.0.1 [LB, VIP 198.18.100.10:80] 198.18.1.1 --- cell1 198.18.1.2:10001
 #                                                                    198.18.2.1 --- cell2 198.18.2.2:10001
+# and the same in IPv6 (client 2001:db8::2, VIP [2001:db8:100::10]:80, cells 2001:db8:1::2 and 2001:db8:2::2).
 # Cells have no route back to the client: replies reach it only because the LB masquerades.
 #
 # Output: "==> BEGIN name" / "==> END name" around listings, "RESULT key value" for single facts, and
@@ -12,6 +13,7 @@
 
 IP=/usr/sbin/ip
 VIP=198.18.100.10
+VIP6=2001:db8:100::10
 STATUS=127.0.0.1:8090
 CONFIG=/etc/lb.yaml
 
@@ -52,6 +54,7 @@ metric_at_least() { [ "$(metric "$1")" -ge "$2" ]; }
 writes() { metric 'switchyard_lb_ipvs_netlink_requests_total{purpose="write"}'; }
 
 get() { $IP netns exec client timeout 5 wget -q -O - "http://$VIP/cgi-bin/who"; }
+get6() { $IP netns exec client timeout 5 wget -q -O - "http://[$VIP6]/cgi-bin/who"; }
 
 write_config() {
     cat >"$CONFIG" <<EOF
@@ -69,6 +72,14 @@ vips:
     scheduler: wrr
     backends:
 $1
+  - name: web6
+    address: "$VIP6"
+    port: 80
+    protocol: tcp
+    scheduler: rr
+    backends:
+      - {host: "2001:db8:1::2", port: 10001, weight: 1}
+      - {host: "2001:db8:2::2", port: 10001, weight: 1}
 EOF
 }
 CELL1_W1='      - {host: 198.18.1.2, port: 10001, weight: 1}'
@@ -94,6 +105,9 @@ $IP -n client addr add 198.18.0.2/24 dev eth0
 $IP -n client link set eth0 up
 $IP -n client link set lo up
 $IP -n client route add default via 198.18.0.1
+$IP addr add 2001:db8::1/64 dev c0 nodad
+$IP -n client addr add 2001:db8::2/64 dev eth0 nodad
+$IP -n client -6 route add default via 2001:db8::1
 for i in 1 2; do
     $IP netns add "cell$i"
     $IP link add "k$i" type veth peer name eth0 netns "cell$i"
@@ -102,11 +116,14 @@ for i in 1 2; do
     $IP -n "cell$i" addr add "198.18.$i.2/24" dev eth0
     $IP -n "cell$i" link set eth0 up
     $IP -n "cell$i" link set lo up
+    $IP addr add "2001:db8:$i::1/64" dev "k$i" nodad
+    $IP -n "cell$i" addr add "2001:db8:$i::2/64" dev eth0 nodad
     mkdir -p "/www/cell$i/cgi-bin"
     cat >"/www/cell$i/cgi-bin/who" <<EOF
 #!/bin/sh
-# busybox httpd writes IPv4 peers as [::ffff:a.b.c.d]
-peer=\${REMOTE_ADDR#\\[::ffff:}
+# busybox httpd writes peers in brackets, IPv4 ones as [::ffff:a.b.c.d]
+peer=\${REMOTE_ADDR#\\[}
+peer=\${peer#::ffff:}
 printf 'Content-Type: text/plain\r\n\r\n'
 echo "cell$i \${peer%]}"
 EOF
@@ -135,6 +152,9 @@ echo "RESULT sysctl_expire_quiescent_template $(cat /proc/sys/net/ipv4/vs/expire
 echo "==> BEGIN traffic"
 for n in 1 2 3 4 5 6; do get || echo "request $n failed"; done
 echo "==> END traffic"
+echo "==> BEGIN traffic6"
+for n in 1 2 3 4; do get6 || echo "request $n failed"; done
+echo "==> END traffic6"
 # The kernel's counters, as lb reports them; read after a sync so they include the requests above.
 wait_for 10 metric_at_least 'switchyard_lb_ipvs_service_connections_total{vip="tcp/198.18.100.10:80"}' 6 \
     || problem "lb's IPVS connection counter did not reach 6"
@@ -227,12 +247,13 @@ if [ -f /etc/lb-scale.yaml ]; then
     last_apply() { grep '"message":"applied IPVS steps"' /tmp/lb-scale.log | tail -n 1; }
     field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
     started=$(cut -d' ' -f1 /proc/uptime)
-    SWITCHYARD_LOG_FORMAT=json RUST_LOG=warn,switchyard_lb::ipvs=info \
+    SWITCHYARD_LOG_FORMAT=json RUST_LOG=warn,switchyard_lb::ipvs=info,switchyard_lb::run=info \
         $IP netns exec scale lb --config /etc/lb-scale.yaml >/tmp/lb-scale.log 2>&1 &
     SCALE_PID=$!
     wait_for 120 applied_at_least 1 || problem "the 1,000-VIP sync did not finish"
     finished=$(cut -d' ' -f1 /proc/uptime)
     apply=$(last_apply)
+    echo "RESULT scale_dataplane $(grep '"read the kernel"' /tmp/lb-scale.log | sed -n 's/.*"dataplane":"\([a-z]*\)".*/\1/p')"
     echo "RESULT scale_wall_seconds $(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.2f", b - a }')"
     echo "RESULT scale_apply_seconds $(echo "$apply" | field elapsed_seconds)"
     echo "RESULT scale_first_sync_steps $(echo "$apply" | field steps)"
