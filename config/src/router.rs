@@ -76,6 +76,204 @@ pub struct RouterConfig {
     pub tracing: TracingConfig,
     /// Switchyard's own: proxy worker threads, one runtime each; 0 means one per CPU.
     pub worker_threads: usize,
+    /// Serve HTTPS on `ssl_port` as well.
+    pub enable_ssl: bool,
+    /// HTTPS listener port.
+    pub ssl_port: u16,
+    /// Serve HTTPS only: no plain-HTTP listener on `port`.
+    pub disable_http: bool,
+    /// Server certificates (inline PEM), chosen by SNI: exact name, then wildcard, then the first one.
+    pub tls_pem: Vec<TlsPem>,
+    /// Oldest TLS version offered to clients.
+    pub min_tls_version: TlsVersion,
+    /// Newest TLS version offered to clients.
+    pub max_tls_version: TlsVersion,
+    /// OpenSSL-style colon-separated cipher suite list for client connections; empty means the safe defaults.
+    pub cipher_suites: String,
+    /// Whether clients are asked for a certificate: `none`, `request` or `require`.
+    pub client_cert_validation: ClientCertValidation,
+    /// PEM CA certificates that sign client certificates.
+    pub client_ca_certs: String,
+    /// Trust only `client_ca_certs` for client certificates (otherwise `ca_certs` are trusted too).
+    pub only_trust_client_ca_certs: bool,
+    /// What happens to `X-Forwarded-Client-Cert`.
+    pub forwarded_client_cert: ForwardedClientCert,
+    /// PEM CA certificates trusted (with the system roots) for TLS backends and route services. A list of PEM
+    /// strings; a single string is accepted too.
+    #[serde(deserialize_with = "pem_list")]
+    pub ca_certs: Vec<String>,
+    /// Offer HTTP/2 to clients by ALPN.
+    pub enable_http2: bool,
+    /// Secret the route-service signature key is derived from; route services are unsupported while empty.
+    pub route_services_secret: String,
+    /// A previous secret, still accepted when checking signatures (for rotation), never used to sign.
+    pub route_services_secret_decrypt_only: String,
+    /// How long a route-service signature stays valid.
+    #[serde(deserialize_with = "duration::deserialize", serialize_with = "duration::serialize")]
+    pub route_services_timeout: Duration,
+    /// Tell route services to call back over https (the scheme of `X-CF-Forwarded-Url`).
+    pub route_services_recommend_https: bool,
+    /// Route-service connection settings.
+    pub route_services: RouteServicesConfig,
+}
+
+/// One server certificate: `tls_pem[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TlsPem {
+    /// PEM certificate chain, leaf first.
+    pub cert_chain: String,
+    /// PEM private key of the leaf.
+    pub private_key: String,
+}
+
+/// `route_services.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RouteServicesConfig {
+    /// Most connection attempts to a route service for one request.
+    pub max_attempts: u32,
+}
+
+impl Default for RouteServicesConfig {
+    fn default() -> Self {
+        Self { max_attempts: 3 }
+    }
+}
+
+/// A TLS protocol version, in gorouter's spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum TlsVersion {
+    /// `TLSv1.2`.
+    Tls12,
+    /// `TLSv1.3`.
+    Tls13,
+}
+
+impl TryFrom<String> for TlsVersion {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "TLSv1.2" => Ok(Self::Tls12),
+            "TLSv1.3" => Ok(Self::Tls13),
+            "TLSv1.0" | "TLSv1.1" | "TLSv1" => Err(format!("`{text}` is not offered (TLS 1.0 and 1.1 are obsolete); use `TLSv1.2` or `TLSv1.3`")),
+            _ => Err(format!("`{text}` is not a TLS version; use `TLSv1.2` or `TLSv1.3`")),
+        }
+    }
+}
+
+impl From<TlsVersion> for String {
+    fn from(version: TlsVersion) -> Self {
+        match version {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+        .to_owned()
+    }
+}
+
+/// `client_cert_validation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertValidation {
+    /// Never ask for a client certificate.
+    None,
+    /// Ask; a client may send none, but one it sends must verify.
+    Request,
+    /// A verified client certificate is needed to connect.
+    Require,
+}
+
+/// `forwarded_client_cert`: how `X-Forwarded-Client-Cert` reaches the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedClientCert {
+    /// Pass on whatever the client sent.
+    AlwaysForward,
+    /// Pass on the client's header only when the client presented a certificate over TLS; remove it otherwise.
+    Forward,
+    /// Remove the client's header and, when the client presented a certificate, set it to that certificate.
+    SanitizeSet,
+}
+
+/// A cipher suite the router can offer, named the OpenSSL way (the IANA/Go way is accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CipherSuite {
+    /// `TLS_AES_128_GCM_SHA256` (TLS 1.3).
+    Tls13Aes128GcmSha256,
+    /// `TLS_AES_256_GCM_SHA384` (TLS 1.3).
+    Tls13Aes256GcmSha384,
+    /// `TLS_CHACHA20_POLY1305_SHA256` (TLS 1.3).
+    Tls13Chacha20Poly1305Sha256,
+    /// `ECDHE-ECDSA-AES128-GCM-SHA256`.
+    EcdheEcdsaAes128GcmSha256,
+    /// `ECDHE-ECDSA-AES256-GCM-SHA384`.
+    EcdheEcdsaAes256GcmSha384,
+    /// `ECDHE-ECDSA-CHACHA20-POLY1305`.
+    EcdheEcdsaChacha20Poly1305,
+    /// `ECDHE-RSA-AES128-GCM-SHA256`.
+    EcdheRsaAes128GcmSha256,
+    /// `ECDHE-RSA-AES256-GCM-SHA384`.
+    EcdheRsaAes256GcmSha384,
+    /// `ECDHE-RSA-CHACHA20-POLY1305`.
+    EcdheRsaChacha20Poly1305,
+}
+
+/// Every suite with its OpenSSL name and the other spellings configs use for it.
+const CIPHER_NAMES: [(CipherSuite, &str, &[&str]); 9] = [
+    (CipherSuite::Tls13Aes128GcmSha256, "TLS_AES_128_GCM_SHA256", &[]),
+    (CipherSuite::Tls13Aes256GcmSha384, "TLS_AES_256_GCM_SHA384", &[]),
+    (CipherSuite::Tls13Chacha20Poly1305Sha256, "TLS_CHACHA20_POLY1305_SHA256", &[]),
+    (CipherSuite::EcdheEcdsaAes128GcmSha256, "ECDHE-ECDSA-AES128-GCM-SHA256", &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]),
+    (CipherSuite::EcdheEcdsaAes256GcmSha384, "ECDHE-ECDSA-AES256-GCM-SHA384", &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]),
+    (
+        CipherSuite::EcdheEcdsaChacha20Poly1305,
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        &["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"],
+    ),
+    (CipherSuite::EcdheRsaAes128GcmSha256, "ECDHE-RSA-AES128-GCM-SHA256", &["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]),
+    (CipherSuite::EcdheRsaAes256GcmSha384, "ECDHE-RSA-AES256-GCM-SHA384", &["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]),
+    (
+        CipherSuite::EcdheRsaChacha20Poly1305,
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        &["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"],
+    ),
+];
+
+impl CipherSuite {
+    /// Reads one name of the list, either spelling.
+    pub fn from_name(name: &str) -> Option<Self> {
+        CIPHER_NAMES.iter().find(|(_, openssl, others)| *openssl == name || others.contains(&name)).map(|(suite, _, _)| *suite)
+    }
+
+    /// The OpenSSL name.
+    pub fn name(self) -> &'static str {
+        CIPHER_NAMES.iter().find(|(suite, _, _)| *suite == self).map_or("", |(_, name, _)| name)
+    }
+
+    /// Whether the suite belongs to TLS 1.3 (the others are TLS 1.2).
+    pub fn is_tls13(self) -> bool {
+        matches!(self, Self::Tls13Aes128GcmSha256 | Self::Tls13Aes256GcmSha384 | Self::Tls13Chacha20Poly1305Sha256)
+    }
+}
+
+/// Reads `ca_certs` as a list of PEM strings, or as one string (the older gorouter form).
+fn pem_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) if text.trim().is_empty() => Vec::new(),
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(list) => list,
+        OneOrMany::Null(()) => Vec::new(),
+    })
 }
 
 /// `status.*`
@@ -229,6 +427,24 @@ impl Default for RouterConfig {
             frontend_idle_timeout: Duration::from_secs(900),
             tracing: TracingConfig::default(),
             worker_threads: 0,
+            enable_ssl: false,
+            ssl_port: 443,
+            disable_http: false,
+            tls_pem: Vec::new(),
+            min_tls_version: TlsVersion::Tls12,
+            max_tls_version: TlsVersion::Tls13,
+            cipher_suites: String::new(),
+            client_cert_validation: ClientCertValidation::Request,
+            client_ca_certs: String::new(),
+            only_trust_client_ca_certs: false,
+            forwarded_client_cert: ForwardedClientCert::AlwaysForward,
+            ca_certs: Vec::new(),
+            enable_http2: true,
+            route_services_secret: String::new(),
+            route_services_secret_decrypt_only: String::new(),
+            route_services_timeout: Duration::from_secs(60),
+            route_services_recommend_https: true,
+            route_services: RouteServicesConfig::default(),
         }
     }
 }
@@ -242,6 +458,84 @@ impl RouterConfig {
     /// The TTL in force: never shorter than the start delay, as emitters are told to register no less often.
     pub fn effective_stale_threshold(&self) -> Duration {
         self.droplet_stale_threshold.max(self.start_response_delay_interval)
+    }
+
+    /// The suites `cipher_suites` names, in order; empty when it is empty (the defaults apply).
+    pub fn cipher_suite_list(&self) -> Result<Vec<CipherSuite>, ConfigError> {
+        let mut suites = Vec::new();
+        for name in self.cipher_suites.split(':').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some(suite) = CipherSuite::from_name(name) else {
+                let offered: Vec<&str> = CIPHER_NAMES.iter().map(|(_, n, _)| *n).collect();
+                return Err(ConfigError::new(
+                    "cipher_suites",
+                    format!("`{name}` is not offered by this router (only AEAD suites with forward secrecy are); choose from {}", offered.join(":")),
+                ));
+            };
+            if !suites.contains(&suite) {
+                suites.push(suite);
+            }
+        }
+        Ok(suites)
+    }
+
+    /// The PEM texts trusted for client certificates: `client_ca_certs`, plus `ca_certs` unless
+    /// `only_trust_client_ca_certs`.
+    pub fn client_ca_pems(&self) -> Vec<&str> {
+        let mut pems = vec![self.client_ca_certs.as_str()];
+        if !self.only_trust_client_ca_certs {
+            pems.extend(self.ca_certs.iter().map(String::as_str));
+        }
+        pems.retain(|pem| !pem.trim().is_empty());
+        pems
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, problem: &str| Err(ConfigError::new(key, problem));
+        if self.disable_http && !self.enable_ssl {
+            return fail("disable_http", "needs `enable_ssl: true`, or the router would serve nothing");
+        }
+        if self.enable_ssl {
+            if self.ssl_port == 0 {
+                return fail("ssl_port", "must be a port number from 1 to 65535");
+            }
+            if self.ssl_port == self.port && !self.disable_http {
+                return fail("ssl_port", "must differ from `port`");
+            }
+            if self.ssl_port == self.status.port {
+                return fail("ssl_port", "must differ from `status.port`");
+            }
+            if self.tls_pem.is_empty() {
+                return fail("tls_pem", "must list at least one certificate (`cert_chain` and `private_key`) when `enable_ssl` is true");
+            }
+        }
+        for (i, pem) in self.tls_pem.iter().enumerate() {
+            if pem.cert_chain.trim().is_empty() {
+                return Err(ConfigError::new(format!("tls_pem[{i}].cert_chain"), "must hold the PEM certificate chain"));
+            }
+            if pem.private_key.trim().is_empty() {
+                return Err(ConfigError::new(format!("tls_pem[{i}].private_key"), "must hold the PEM private key"));
+            }
+        }
+        if self.min_tls_version > self.max_tls_version {
+            return fail("max_tls_version", "must not be older than `min_tls_version`");
+        }
+        let suites = self.cipher_suite_list()?;
+        if !suites.is_empty() && self.min_tls_version == TlsVersion::Tls12 && self.max_tls_version == TlsVersion::Tls12 && suites.iter().all(|s| s.is_tls13()) {
+            return fail("cipher_suites", "names only TLS 1.3 suites, but `max_tls_version` is TLSv1.2");
+        }
+        if self.client_cert_validation == ClientCertValidation::Require && self.client_ca_pems().is_empty() {
+            return fail("client_ca_certs", "must hold the PEM CA certificates of client certificates when `client_cert_validation` is `require`");
+        }
+        if self.route_services_timeout.is_zero() {
+            return fail("route_services_timeout", "must be longer than zero");
+        }
+        if self.route_services.max_attempts == 0 {
+            return fail("route_services.max_attempts", "must be at least 1");
+        }
+        if !self.route_services_secret_decrypt_only.is_empty() && self.route_services_secret.is_empty() {
+            return fail("route_services_secret", "must be set when `route_services_secret_decrypt_only` is");
+        }
+        Ok(())
     }
 }
 
@@ -334,7 +628,7 @@ impl Validate for RouterConfig {
         if self.tracing.w3c_tenant_id.chars().any(|c| c.is_control() || c == ',' || c == '=') {
             return fail("tracing.w3c_tenant_id", "must not contain control characters, `,` or `=`");
         }
-        Ok(())
+        self.validate_tls()
     }
 }
 
@@ -441,6 +735,79 @@ route_services_internal_server_port: 7070
     fn both_header_limit_spellings_are_accepted() {
         assert_eq!(parse_yaml::<RouterConfig>("max_header_bytes: 4096").unwrap().value.max_header_bytes, 4096);
         assert_eq!(parse_yaml::<RouterConfig>("max_request_header_bytes: 4096").unwrap().value.max_header_bytes, 4096);
+    }
+
+    #[test]
+    fn tls_keys_read_gorouter_spellings() {
+        let yaml = r#"
+enable_ssl: true
+ssl_port: 8443
+tls_pem:
+- cert_chain: "-----BEGIN CERTIFICATE-----"
+  private_key: "-----BEGIN PRIVATE KEY-----"
+min_tls_version: TLSv1.2
+max_tls_version: TLSv1.2
+cipher_suites: ECDHE-RSA-AES128-GCM-SHA256:TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+client_cert_validation: require
+client_ca_certs: "-----BEGIN CERTIFICATE-----"
+forwarded_client_cert: sanitize_set
+ca_certs: "-----BEGIN CERTIFICATE-----"
+enable_http2: false
+route_services_secret: s3cret
+route_services_timeout: 30s
+route_services:
+  max_attempts: 2
+"#;
+        let c = parse_yaml::<RouterConfig>(yaml).unwrap().value;
+        assert!(c.enable_ssl && !c.enable_http2);
+        assert_eq!(c.ssl_port, 8443);
+        assert_eq!((c.min_tls_version, c.max_tls_version), (TlsVersion::Tls12, TlsVersion::Tls12));
+        assert_eq!(c.cipher_suite_list().unwrap(), vec![CipherSuite::EcdheRsaAes128GcmSha256, CipherSuite::EcdheEcdsaAes256GcmSha384]);
+        assert_eq!(c.client_cert_validation, ClientCertValidation::Require);
+        assert_eq!(c.forwarded_client_cert, ForwardedClientCert::SanitizeSet);
+        assert_eq!(c.ca_certs.len(), 1, "a single string is one CA entry");
+        assert_eq!(c.client_ca_pems().len(), 2);
+        assert_eq!(c.route_services_timeout, Duration::from_secs(30));
+        assert_eq!(c.route_services.max_attempts, 2);
+        let list = parse_yaml::<RouterConfig>("ca_certs: [a, b]\nonly_trust_client_ca_certs: true").unwrap().value;
+        assert_eq!(list.ca_certs, vec!["a", "b"]);
+        assert!(list.client_ca_pems().is_empty());
+    }
+
+    #[test]
+    fn tls_defaults_are_gorouters_with_tls13_allowed() {
+        let c: RouterConfig = parse_yaml("").unwrap().value;
+        assert!(!c.enable_ssl && c.enable_http2);
+        assert_eq!(c.ssl_port, 443);
+        assert_eq!((c.min_tls_version, c.max_tls_version), (TlsVersion::Tls12, TlsVersion::Tls13));
+        assert_eq!(c.client_cert_validation, ClientCertValidation::Request);
+        assert_eq!(c.forwarded_client_cert, ForwardedClientCert::AlwaysForward);
+        assert_eq!(c.route_services_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn tls_errors_name_the_key() {
+        let pem = "tls_pem: [{cert_chain: c, private_key: k}]";
+        for (yaml, key, words) in [
+            ("enable_ssl: true".to_owned(), "tls_pem", "at least one"),
+            ("enable_ssl: true\nssl_port: 8081\n".to_owned() + pem, "ssl_port", "differ"),
+            ("tls_pem: [{cert_chain: c}]".to_owned(), "tls_pem[0].private_key", "PEM"),
+            ("min_tls_version: TLSv1.1".to_owned(), "min_tls_version", "obsolete"),
+            ("max_tls_version: SSLv3".to_owned(), "max_tls_version", "not a TLS version"),
+            ("min_tls_version: TLSv1.3\nmax_tls_version: TLSv1.2".to_owned(), "max_tls_version", "older"),
+            ("cipher_suites: ECDHE-RSA-AES128-GCM-SHA256:AES128-SHA".to_owned(), "cipher_suites", "`AES128-SHA` is not offered"),
+            ("max_tls_version: TLSv1.2\ncipher_suites: TLS_AES_128_GCM_SHA256".to_owned(), "cipher_suites", "only TLS 1.3"),
+            ("client_cert_validation: require".to_owned(), "client_ca_certs", "require"),
+            ("client_cert_validation: sometimes".to_owned(), "client_cert_validation", "unknown variant"),
+            ("forwarded_client_cert: keep".to_owned(), "forwarded_client_cert", "unknown variant"),
+            ("disable_http: true".to_owned(), "disable_http", "enable_ssl"),
+            ("route_services: {max_attempts: 0}".to_owned(), "route_services.max_attempts", "at least 1"),
+            ("route_services_secret_decrypt_only: old".to_owned(), "route_services_secret", "must be set"),
+        ] {
+            let err = parse_yaml::<RouterConfig>(&yaml).unwrap_err();
+            assert_eq!(err.key, key, "{yaml}: {err}");
+            assert!(err.problem.contains(words), "{yaml}: {err}");
+        }
     }
 
     #[test]
