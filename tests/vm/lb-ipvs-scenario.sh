@@ -275,6 +275,20 @@ if [ -f /etc/lb-scale.yaml ]; then
     wait "$SCALE_PID"
 fi
 
+# --- benchmark only (SWITCHYARD_IPVS_BENCH=1 on the host): the peer, ipvsadm restoring the same 11,000 objects
+# into an empty namespace (one request and one wait per object), measured in the same guest ------------------------
+if [ -f /etc/lb-bench ] && [ -f /tmp/scale.rules ]; then
+    phase scale-peer
+    $IP netns add peer
+    # The kernel refuses real servers in a namespace with no local routing table yet; loopback makes one.
+    $IP -n peer link set lo up
+    started=$(cut -d' ' -f1 /proc/uptime)
+    $IP netns exec peer ipvsadm -R </tmp/scale.rules || problem "ipvsadm -R failed"
+    finished=$(cut -d' ' -f1 /proc/uptime)
+    echo "RESULT peer_ipvsadm_restore_seconds $(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.2f", b - a }')"
+    echo "RESULT peer_objects $($IP netns exec peer ipvsadm -Sn | wc -l)"
+fi
+
 phase end
 echo "==> BEGIN lb-log"
 tail -n 40 /tmp/lb.log

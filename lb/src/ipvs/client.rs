@@ -18,8 +18,8 @@ use std::io;
 
 /// Most requests in flight at once. Each acknowledgement takes well under 1 KiB of receive buffer.
 pub const BATCH: usize = 128;
-/// Receive buffer asked for; the kernel caps it at `net.core.rmem_max`, which still holds a full batch.
-const RECEIVE_BUFFER: usize = 1 << 20;
+/// Receive buffer asked for (a C `int`); the kernel caps it at `net.core.rmem_max`, which still holds a full batch.
+const RECEIVE_BUFFER: i32 = 1 << 20;
 /// Largest datagram the kernel sends for a dump (it fills at most 32 KiB per read).
 const DATAGRAM: usize = 64 * 1024;
 /// How long to wait for the kernel before calling the socket stuck. The kernel answers generic netlink
