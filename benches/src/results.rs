@@ -1,0 +1,147 @@
+//! The numbers each benchmark writes and the report reads, as JSON files in one results directory.
+//!
+//! Keeping measurement and reporting apart means a long run's numbers survive a failure in a later step, and the
+//! report can be rebuilt from them without measuring again.
+
+use crate::error::{BenchError, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Whether the access log (and metrics scraping) was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Logging {
+    /// Access log to a file for every proxy; the router's /metrics scraped every second.
+    On,
+    /// No access log, no scraping.
+    Off,
+}
+
+impl Logging {
+    /// Both, in report order.
+    pub const ALL: [Logging; 2] = [Logging::On, Logging::Off];
+
+    /// How the report names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Logging::On => "access log and metrics on",
+            Logging::Off => "access log and metrics off",
+        }
+    }
+}
+
+/// One saturation run of one target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaturationRun {
+    /// Target name (`direct`, `nginx`, `haproxy`, `router-1t`, `router-2t`).
+    pub target: String,
+    /// Logging mode.
+    pub logging: Logging,
+    /// Round number.
+    pub round: u32,
+    /// Requests per second at saturation.
+    pub requests_per_second: f64,
+    /// Proxy CPU microseconds per request (none for `direct`).
+    pub cpu_us_per_request: Option<f64>,
+    /// Proxy resident memory after the run, bytes (none for `direct`).
+    pub rss_bytes: Option<u64>,
+}
+
+/// One fixed-rate run of one target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyRun {
+    /// Target name.
+    pub target: String,
+    /// Logging mode.
+    pub logging: Logging,
+    /// Round number.
+    pub round: u32,
+    /// The rate asked for.
+    pub rate: f64,
+    /// The rate achieved.
+    pub achieved_rate: f64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+}
+
+/// The peer comparison.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Peers {
+    /// How processes were placed on CPUs.
+    pub placement: String,
+    /// Seconds per saturation run.
+    pub saturation_seconds: u64,
+    /// Seconds per fixed-rate run.
+    pub latency_seconds: u64,
+    /// Keep-alive connections.
+    pub connections: u32,
+    /// Rounds per target.
+    pub rounds: u32,
+    /// Saturation runs.
+    pub saturation: Vec<SaturationRun>,
+    /// Fixed-rate runs.
+    pub latency: Vec<LatencyRun>,
+}
+
+/// Route-table memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteMemory {
+    /// Routes in the table.
+    pub routes: usize,
+    /// Live bytes per route for registrations with only host, port and uri.
+    pub minimal_bytes_per_route: f64,
+    /// Live bytes per route for registrations like Cloud Foundry's (app and instance ids, index, a tag).
+    pub typical_bytes_per_route: f64,
+    /// Seconds to build the minimal table through the registry.
+    pub build_seconds: f64,
+}
+
+/// NATS ingest through a real router.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ingest {
+    /// Registrations published.
+    pub registrations: usize,
+    /// Seconds from the first publish until the server had the last one.
+    pub publish_seconds: f64,
+    /// Seconds from the last publish until every route was routable.
+    pub routable_after_last_publish_seconds: f64,
+    /// Registrations per second, first publish to all routable.
+    pub registrations_per_second: f64,
+    /// Publish → routable latency at a fixed rate.
+    pub latency: IngestLatency,
+}
+
+/// Publish → routable latency, each new route probed with requests until the router serves it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngestLatency {
+    /// Messages per second.
+    pub rate: f64,
+    /// Messages measured.
+    pub samples: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| BenchError::Parse { what: path.display().to_string(), problem: e.to_string() })?;
+    std::fs::write(path, text).map_err(|source| BenchError::File { path: path.to_owned(), source })
+}
+
+/// Reads JSON from `path`; `None` when the file does not exist (that benchmark was not run).
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| BenchError::Parse { what: path.display().to_string(), problem: e.to_string() }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BenchError::File { path: path.to_owned(), source }),
+    }
+}
