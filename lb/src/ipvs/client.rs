@@ -26,6 +26,9 @@ const DATAGRAM: usize = 64 * 1024;
 /// synchronously, so this only fires if answers were lost.
 const RECEIVE_TIMEOUT_SECONDS: i64 = 5;
 const ENOENT: i32 = 2;
+/// `MSG_TRUNC` on receive: the call returns the datagram's real length, so a truncated read is detected rather
+/// than misparsed.
+const REPORT_TRUE_LENGTH: i32 = nix::libc::MSG_TRUNC;
 
 /// A connection to the kernel's IPVS over generic netlink. Blocking; use it from one thread.
 pub struct IpvsClient {
@@ -222,7 +225,7 @@ impl IpvsClient {
         self.incoming.clear();
         self.incoming.reserve(DATAGRAM);
         let length = loop {
-            match self.socket.recv(&mut self.incoming, libc_msg_trunc()) {
+            match self.socket.recv(&mut self.incoming, REPORT_TRUE_LENGTH) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     let source = io::Error::new(io::ErrorKind::TimedOut, "the kernel did not answer in time");
@@ -239,10 +242,6 @@ impl IpvsClient {
     }
 }
 
-/// `MSG_TRUNC`: report the datagram's real length, so a truncated read is detected rather than misparsed.
-fn libc_msg_trunc() -> i32 {
-    nix::sys::socket::MsgFlags::MSG_TRUNC.bits()
-}
 
 fn operation_of(change: &Change) -> Operation {
     match change {
