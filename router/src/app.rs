@@ -4,7 +4,8 @@
 //! 2. The status listener comes up first (`/health` says 503 "starting"), NATS connects in the background, and
 //!    the router learns routes for `start_response_delay_interval`.
 //! 3. The proxy listeners open and `/health` says 200.
-//! 4. SIGUSR1 drains: `/health` says 503 for `drain_wait`, the listeners close, in-flight requests get up to
+//! 4. SIGHUP, or a change to the config file, reloads the TLS certificates ([`crate::reload`]).
+//! 5. SIGUSR1 drains: `/health` says 503 for `drain_wait`, the listeners close, in-flight requests get up to
 //!    `drain_timeout`, and the process exits 0. SIGTERM or SIGINT stops at once.
 
 use crate::access_log::AccessLog;
@@ -12,11 +13,14 @@ use crate::bus::{Bus, BusSettings, local_ip};
 use crate::clock::Clock;
 use crate::metrics::RouterMetrics;
 use crate::proxy::activity::Timeouts;
+use crate::proxy::upstream::Dialer;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::registry::{Registry, RegistryConfig};
-use crate::server::{self, WorkerControl, WorkerSetup};
+use crate::reload::{Reloader, WATCH_INTERVAL};
+use crate::server::{self, TlsListener, WorkerControl, WorkerSetup};
 use crate::status::{Health, Phase, RouterStatus};
 use crate::table::RouteTable;
+use crate::tls::{Live, Material};
 use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -82,8 +86,13 @@ fn nats_settings(config: &RouterConfig) -> NatsSettings {
     }
 }
 
-/// Runs the router until it is stopped. Returns once every worker has finished.
-pub async fn run(config: RouterConfig) -> Result<(), AppError> {
+/// How many endpoint removals (failed backend identity checks) may wait for the registry.
+const REMOVAL_QUEUE: usize = 1024;
+
+/// Runs the router until it is stopped. Returns once every worker has finished. `material` is the TLS material
+/// already built from `config` (so a bad certificate stopped the start before anything listened); `config_path`
+/// is where the config came from, re-read to reload certificates.
+pub async fn run(config: RouterConfig, material: Material, config_path: PathBuf) -> Result<(), AppError> {
     let metrics = RouterMetrics::new();
     let clock = Clock::new();
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
@@ -133,6 +142,7 @@ pub async fn run(config: RouterConfig) -> Result<(), AppError> {
         },
         rand::random(),
     );
+    let (removals, removal_queue) = tokio::sync::mpsc::channel(REMOVAL_QUEUE);
     let bus = Bus {
         client: link.client.clone(),
         link: link.state,
@@ -150,6 +160,7 @@ pub async fn run(config: RouterConfig) -> Result<(), AppError> {
         },
         metrics: metrics.clone(),
         clock,
+        removals: removal_queue,
     };
     let bus_task = tokio::spawn(bus.run(shutdown.clone()));
 
@@ -162,23 +173,37 @@ pub async fn run(config: RouterConfig) -> Result<(), AppError> {
         }
     }
 
-    // Proxy workers, one listener each on the same port.
+    // Proxy workers, one listener each on the same port(s).
     let workers = if config.worker_threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { config.worker_threads };
     let proxy_addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+    let tls_addr = SocketAddr::from(([0, 0, 0, 0], config.ssl_port));
     let control = WorkerControl::default();
     let settings = ProxySettings::from_config(&config);
     let timeouts = Timeouts { header: config.read_header_timeout, idle: config.frontend_idle_timeout };
+    let live = Live::new(material);
+    let dialer = Dialer { timeout: config.endpoint_dial_timeout, tls: Arc::clone(&live.backend) };
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
-        let listener = server::bind(proxy_addr).map_err(|source| AppError::Bind { what: "proxy", addr: proxy_addr.to_string(), source })?;
+        let listener = if config.disable_http {
+            None
+        } else {
+            Some(server::bind(proxy_addr).map_err(|source| AppError::Bind { what: "proxy", addr: proxy_addr.to_string(), source })?)
+        };
+        let tls = match &live.frontend {
+            Some(config) => Some(TlsListener {
+                listener: server::bind(tls_addr).map_err(|source| AppError::Bind { what: "proxy (TLS)", addr: tls_addr.to_string(), source })?,
+                config: Arc::clone(config),
+            }),
+            None => None,
+        };
         let setup = WorkerSetup {
-            proxy: Arc::new(Proxy::new(Arc::clone(&table), settings.clone(), clock, metrics.clone())),
+            proxy: Arc::new(Proxy::new(Arc::clone(&table), settings.clone(), clock, metrics.clone(), dialer.clone(), removals.clone())),
             listener,
+            tls,
             timeouts,
             max_buf_size: config.max_header_bytes.saturating_mul(2).max(64 * 1024),
             metrics: metrics.clone(),
             access_log: access_log.as_ref().map(|(log, _)| log.clone()),
-            scheme: "http",
         };
         let control = control.clone();
         let thread = std::thread::Builder::new()
@@ -191,18 +216,28 @@ pub async fn run(config: RouterConfig) -> Result<(), AppError> {
             .map_err(|source| AppError::Runtime { what: "worker thread", source })?;
         threads.push(thread);
     }
+    drop(removals);
     health.set(Phase::Serving);
-    tracing::info!(port = config.port, workers, "serving");
+    let ssl_port = config.enable_ssl.then_some(config.ssl_port);
+    tracing::info!(port = (!config.disable_http).then_some(config.port), ssl_port, workers, "serving");
 
+    let mut reloader = Reloader::new(config_path, config.clone(), live, metrics.clone());
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let draining = loop {
-        match signals.next().await {
-            Lifecycle::Stop => {
-                tracing::info!("stopping");
-                control.stop.cancel();
-                break false;
-            }
-            Lifecycle::Drain => break begin_drain(&config, &health, &control, &mut signals).await,
-            Lifecycle::Reload => tracing::info!("SIGHUP: the router's config is read only at start; restart to change it"),
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Lifecycle::Stop => {
+                    tracing::info!("stopping");
+                    control.stop.cancel();
+                    break false;
+                }
+                Lifecycle::Drain => break begin_drain(&config, &health, &control, &mut signals).await,
+                Lifecycle::Reload => reloader.reload("SIGHUP").await,
+            },
+            _ = watch.tick() => if reloader.changed() {
+                reloader.reload("config file changed").await;
+            },
         }
     };
     let joined = async {

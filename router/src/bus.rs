@@ -5,11 +5,12 @@
 //! registrations costs one pointer swap per batch while a single message is routable at once. The same task
 //! prunes on a timer and reacts to the link: after every (re)connect it announces itself with `router.start`,
 //! and with `suspend_pruning_if_nats_unavailable` it neither prunes while disconnected nor lets routes expire
-//! right after reconnecting.
+//! right after reconnecting. It also applies the removals the proxy asks for (an endpoint whose TLS certificate
+//! names someone else), so the proxy stays a reader.
 
 use crate::clock::Clock;
 use crate::metrics::RouterMetrics;
-use crate::registry::{Outcome, Registry};
+use crate::registry::{Outcome, Registry, Removal};
 use crate::table::RouteTable;
 use arc_swap::ArcSwap;
 use async_nats::{Client, Message, Subscriber};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use switchyard_config::messages::{MessageLimits, Registration, RouterStart, SUBJECT_GREET, SUBJECT_REGISTER, SUBJECT_START, SUBJECT_UNREGISTER};
 use switchyard_runtime::nats::LinkState;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Most messages applied before a new table version is published, so a flood still makes steady progress.
@@ -73,6 +74,8 @@ pub struct Bus {
     pub metrics: RouterMetrics,
     /// The clock the registry's `now` comes from.
     pub clock: Clock,
+    /// Endpoints the proxy found to fail the backend identity check.
+    pub removals: mpsc::Receiver<Removal>,
 }
 
 enum Action {
@@ -147,6 +150,7 @@ impl Bus {
                         }
                 }
                 _ = prune.tick() => self.prune(),
+                Some(removal) = self.removals.recv() => self.remove_failed(&removal),
             }
         }
     }
@@ -227,6 +231,15 @@ impl Bus {
         if outcome.endpoints_removed > 0 || outcome.routes_removed > 0 {
             self.metrics.pruned_endpoints.inc_by(outcome.endpoints_removed as u64);
             tracing::info!(endpoints = outcome.endpoints_removed, routes = outcome.routes_removed, "pruned stale routes");
+            self.publish_table();
+        }
+    }
+
+    fn remove_failed(&mut self, removal: &Removal) {
+        let outcome = self.registry.remove_failed(removal, self.clock.now_ms());
+        if outcome.changed() {
+            self.metrics.identity_removals.inc_by(outcome.endpoints_removed as u64);
+            tracing::warn!(endpoint = removal.endpoint.identity(), route = %removal.route, "removed an endpoint whose TLS certificate does not match its registration");
             self.publish_table();
         }
     }

@@ -24,6 +24,46 @@ pub enum DialTarget {
     Name(Box<str>, u16),
 }
 
+impl std::fmt::Display for DialTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Name(name, port) => write!(f, "{name}:{port}"),
+        }
+    }
+}
+
+impl DialTarget {
+    /// The target for `host` (an IP literal or a DNS name) and `port`.
+    pub fn new(host: &str, port: u16) -> Self {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => Self::Addr(SocketAddr::new(ip, port)),
+            Err(_) => Self::Name(host.into(), port),
+        }
+    }
+}
+
+/// What a backend connection is for: where it goes, the name its TLS certificate must carry (if TLS), and whether
+/// it speaks HTTP/2. Connections are pooled per key, so two registrations at one address that differ in TLS
+/// identity or protocol never share a connection. Cloning a plain key copies an address; a TLS key adds one
+/// reference count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    /// Where to dial.
+    pub target: DialTarget,
+    /// For TLS: the name the backend's certificate must be valid for.
+    pub tls_name: Option<Arc<str>>,
+    /// Speak HTTP/2 (h2c on plain ports, ALPN `h2` on TLS).
+    pub http2: bool,
+}
+
+impl UpstreamKey {
+    /// The same destination spoken to over HTTP/1.1 (protocol upgrades such as WebSocket need it).
+    pub fn as_http1(&self) -> Self {
+        Self { http2: false, ..self.clone() }
+    }
+}
+
 /// Attributes that matter less often, kept out of line so the hot struct stays small.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointDetails {
@@ -43,8 +83,7 @@ pub struct EndpointDetails {
 #[derive(Debug)]
 pub struct Endpoint {
     identity: Box<str>,
-    target: DialTarget,
-    tls: bool,
+    upstream: UpstreamKey,
     protocol: BackendProtocol,
     private_instance_id: Box<str>,
     app_id: Option<HeaderValue>,
@@ -91,19 +130,24 @@ impl Endpoint {
     /// registration may only shorten it.
     pub fn from_registration(registration: &Registration, max_ttl: Duration, now_ms: u64) -> Result<Self, EndpointError> {
         let identity = identity_of(registration);
-        let port = registration.effective_port();
-        let target = match registration.host.parse::<IpAddr>() {
-            Ok(ip) => DialTarget::Addr(SocketAddr::new(ip, port)),
-            Err(_) => DialTarget::Name(registration.host.clone().into_boxed_str(), port),
+        let protocol = registration.backend_protocol().unwrap_or(BackendProtocol::Http1);
+        // A TLS backend proves the registration's SAN; with none given, its certificate must name the address.
+        let tls_name = registration.is_tls().then(|| {
+            let san = &registration.server_cert_domain_san;
+            Arc::from(if san.is_empty() { registration.host.as_str() } else { san.as_str() })
+        });
+        let upstream = UpstreamKey {
+            target: DialTarget::new(&registration.host, registration.effective_port()),
+            tls_name,
+            http2: protocol == BackendProtocol::Http2,
         };
         let requested = u64::try_from(registration.stale_threshold_in_seconds).unwrap_or(0);
         let ttl = if requested > 0 { max_ttl.min(Duration::from_secs(requested)) } else { max_ttl };
         let instance_text = if registration.private_instance_id.is_empty() { &identity } else { &registration.private_instance_id };
         let instance_id = HeaderValue::from_str(instance_text).map_err(|_| EndpointError("private_instance_id"))?;
         Ok(Self {
-            target,
-            tls: registration.is_tls(),
-            protocol: registration.backend_protocol().unwrap_or(BackendProtocol::Http1),
+            upstream,
+            protocol,
             private_instance_id: registration.private_instance_id.clone().into_boxed_str(),
             app_id: header_value("app", &registration.app)?,
             instance_id,
@@ -129,14 +173,19 @@ impl Endpoint {
         &self.identity
     }
 
+    /// Where to dial, how to secure it and in which protocol.
+    pub fn upstream(&self) -> &UpstreamKey {
+        &self.upstream
+    }
+
     /// Where to dial.
     pub fn target(&self) -> &DialTarget {
-        &self.target
+        &self.upstream.target
     }
 
     /// Whether the endpoint speaks TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls
+        self.upstream.tls_name.is_some()
     }
 
     /// Backend protocol.
@@ -187,7 +236,7 @@ impl Endpoint {
     /// Whether the endpoint has gone unrefreshed past its TTL. TLS endpoints never go stale: they are removed by
     /// unregister or by failing the backend identity check.
     pub fn is_stale(&self, now_ms: u64) -> bool {
-        if self.tls {
+        if self.is_tls() {
             return false;
         }
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -283,6 +332,22 @@ mod tests {
         assert!(!plain.is_stale(21_000));
         let tls = Endpoint::from_registration(&registration(r#"{"host":"h","tls_port":2,"uris":["a"]}"#), Duration::from_secs(10), 1000).unwrap();
         assert!(!tls.is_stale(1_000_000));
+    }
+
+    #[test]
+    fn upstream_keys_carry_tls_identity_and_protocol() {
+        let e = |json| Endpoint::from_registration(&registration(json), Duration::from_secs(10), 1).unwrap();
+        let plain = e(r#"{"host":"10.0.0.1","port":80,"uris":["a"]}"#);
+        assert_eq!(plain.upstream(), &UpstreamKey { target: DialTarget::Addr("10.0.0.1:80".parse().unwrap()), tls_name: None, http2: false });
+        let tls = e(r#"{"host":"10.0.0.1","port":80,"tls_port":443,"uris":["a"],"server_cert_domain_san":"app.internal","protocol":"http2"}"#);
+        assert_eq!(tls.upstream().tls_name.as_deref(), Some("app.internal"));
+        assert_eq!(tls.target(), &DialTarget::Addr("10.0.0.1:443".parse().unwrap()));
+        assert!(tls.upstream().http2 && !tls.upstream().as_http1().http2);
+        let other_san = e(r#"{"host":"10.0.0.1","tls_port":443,"uris":["a"],"server_cert_domain_san":"other.internal"}"#);
+        assert_ne!(tls.upstream().as_http1(), *other_san.upstream(), "a different SAN is a different pool");
+        let no_san = e(r#"{"host":"backend.internal","tls_port":443,"uris":["a"]}"#);
+        assert_eq!(no_san.upstream().tls_name.as_deref(), Some("backend.internal"));
+        assert_eq!(no_san.target(), &DialTarget::Name("backend.internal".into(), 443));
     }
 
     #[test]

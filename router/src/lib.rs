@@ -5,6 +5,9 @@
 //! the registry that turns messages into table versions) and IO edges that act (the NATS link, the proxy's
 //! sockets, the status listener, the access log). The core takes `now` and inputs and returns outputs, so it is
 //! tested exhaustively without sockets; the edges are tested end to end against real processes.
+//!
+//! TLS (both ends), HTTP/2 and route services sit beside the plain HTTP/1.1 path rather than inside it: a
+//! connection or request that does not use them pays a branch, not a lock or an allocation.
 
 pub mod access_log;
 pub mod app;
@@ -16,7 +19,10 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod route_key;
+pub mod route_service;
 pub mod server;
 pub mod status;
 pub mod table;
+pub mod tls;

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use switchyard_config::router::RouterConfig;
+use switchyard_router::tls::Material;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,13 +22,15 @@ struct Cli {
     check_config: Option<PathBuf>,
 }
 
-fn load(path: &Path) -> Result<RouterConfig, String> {
+/// Reads and checks the config, certificates included, before anything listens.
+fn load(path: &Path) -> Result<(RouterConfig, Material), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let loaded = switchyard_config::parse_yaml::<RouterConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if !loaded.ignored_keys.is_empty() {
         tracing::warn!(keys = %loaded.ignored_keys.join(", "), "config keys not used by this router were ignored");
     }
-    Ok(loaded.value)
+    let material = Material::build(&loaded.value).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((loaded.value, material))
 }
 
 /// The effective config as JSON, with every secret replaced.
@@ -37,7 +40,7 @@ fn redacted(config: &RouterConfig) -> String {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, item) in map.iter_mut() {
-                    let secret = matches!(key.as_str(), "pass" | "password" | "private_key" | "route_services_secret");
+                    let secret = matches!(key.as_str(), "pass" | "password" | "private_key" | "route_services_secret" | "route_services_secret_decrypt_only");
                     if secret && item.as_str().is_some_and(|s| !s.is_empty()) {
                         *item = serde_json::Value::String("<redacted>".to_owned());
                     } else {
@@ -55,10 +58,12 @@ fn redacted(config: &RouterConfig) -> String {
 
 fn main() -> ExitCode {
     switchyard_runtime::logging::init();
+    // One crypto provider for the whole process (NATS, client TLS, backend TLS): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Some(path) = cli.check_config {
         return match load(&path) {
-            Ok(config) => {
+            Ok((config, _)) => {
                 println!("{}", redacted(&config));
                 ExitCode::SUCCESS
             }
@@ -72,8 +77,8 @@ fn main() -> ExitCode {
         eprintln!("error: no config given; run `router --config FILE` (see `router --help`)");
         return ExitCode::from(2);
     };
-    let config = match load(&path) {
-        Ok(config) => config,
+    let (config, material) = match load(&path) {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(2);
@@ -86,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(switchyard_router::app::run(config)) {
+    match runtime.block_on(switchyard_router::app::run(config, material, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");

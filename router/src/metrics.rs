@@ -48,6 +48,12 @@ pub struct RouterMetrics {
     pub upstream_connects: IntCounter,
     /// Access-log buffers dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Endpoints removed because their TLS certificate named someone else.
+    pub identity_removals: IntCounter,
+    /// Client TLS handshakes that failed (bad certificates, no shared version, plain HTTP on the TLS port).
+    pub tls_handshake_errors: IntCounter,
+    /// Certificate reloads, by result (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -72,6 +78,9 @@ impl RouterMetrics {
             connections: m.gauge("connections", "Client connections open."),
             upstream_connects: m.counter("upstream_connects_total", "Connections opened to backends."),
             access_log_dropped: m.counter("access_log_dropped_total", "Access-log buffers dropped because the writer fell behind."),
+            identity_removals: m.counter("backend_identity_removals_total", "Endpoints removed because their TLS certificate did not match the registration's SAN."),
+            tls_handshake_errors: m.counter("tls_handshake_errors_total", "Client TLS handshakes that failed."),
+            tls_reloads: m.counter_vec("tls_reloads_total", "TLS certificate reloads, by result.", &["result"]),
             registry: m,
         }
     }

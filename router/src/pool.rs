@@ -7,6 +7,7 @@
 use crate::endpoint::Endpoint;
 use crate::maglev;
 use crate::route_key::RouteKey;
+use crate::route_service::Binding;
 use http::HeaderName;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ pub struct Pool {
     hash: Option<Box<HashPolicy>>,
     cursor: AtomicUsize,
     changed_ms: u64,
+    route_service: Option<Arc<Binding>>,
 }
 
 /// Which endpoints a request has already tried, by index (the first 64 are tracked; a pool that large simply
@@ -103,7 +105,20 @@ impl Pool {
             _ => None,
         };
         let cursor = if endpoints.is_empty() { 0 } else { cursor_seed % endpoints.len() };
-        Self { key, endpoints: endpoints.into_boxed_slice(), algorithm, hash, cursor: AtomicUsize::new(cursor), changed_ms }
+        // The route is bound when any member says so (the most recent registration's URL wins), so a route caught
+        // half-way through a rebind is never served around its route service.
+        let route_service = endpoints
+            .iter()
+            .rev()
+            .map(|e| e.details().route_service_url.as_ref())
+            .find(|url| !url.is_empty())
+            .map(|url| Arc::new(Binding::parse(url)));
+        Self { key, endpoints: endpoints.into_boxed_slice(), algorithm, hash, cursor: AtomicUsize::new(cursor), changed_ms, route_service }
+    }
+
+    /// The route service the route is bound to, if any.
+    pub fn route_service(&self) -> Option<&Arc<Binding>> {
+        self.route_service.as_ref()
     }
 
     /// The route this pool serves.

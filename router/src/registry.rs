@@ -73,6 +73,16 @@ impl Outcome {
     }
 }
 
+/// A request from the proxy to drop an endpoint from a route (the proxy only reads the table; the registry is its
+/// single writer).
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// The route the endpoint failed on.
+    pub route: RouteKey,
+    /// The endpoint object that failed.
+    pub endpoint: Arc<Endpoint>,
+}
+
 /// The per-route balancing a registration asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Balancing {
@@ -185,6 +195,24 @@ impl Registry {
             self.endpoints -= removed;
             self.replace_members(key, members, &pool, now_ms, &mut outcome);
         }
+        outcome
+    }
+
+    /// Removes one endpoint from one route because it failed the backend identity check (its TLS certificate is
+    /// for another name: the address now belongs to someone else). Only that endpoint object goes, so an endpoint
+    /// re-registered with other attributes meanwhile stands; the next registration brings it back, to be removed
+    /// again only if it fails again.
+    pub fn remove_failed(&mut self, removal: &Removal, now_ms: u64) -> Outcome {
+        let mut outcome = Outcome::default();
+        let Some(pool) = self.table.get(&removal.route).cloned() else { return outcome };
+        let members: Vec<Arc<Endpoint>> = pool.endpoints().iter().filter(|e| !Arc::ptr_eq(e, &removal.endpoint)).cloned().collect();
+        let removed = pool.endpoints().len() - members.len();
+        if removed == 0 {
+            return outcome;
+        }
+        outcome.endpoints_removed += removed;
+        self.endpoints -= removed;
+        self.replace_members(removal.route.clone(), members, &pool, now_ms, &mut outcome);
         outcome
     }
 
@@ -392,6 +420,26 @@ mod tests {
         let outcome = r.prune(220 * SECOND + 1);
         assert_eq!((outcome.endpoints_removed, outcome.routes_removed), (1, 1));
         assert!(r.table().is_empty());
+    }
+
+    #[test]
+    fn a_failed_identity_check_removes_that_endpoint_object_only() {
+        let mut r = Registry::new(config(), 1);
+        let tls = r#"{"host":"10.0.0.1","tls_port":443,"uris":["a.com","b.com"],"server_cert_domain_san":"a"}"#;
+        r.register(&message(tls), 0).unwrap();
+        r.register(&reg("10.0.0.2", 80, &["a.com"]), 0).unwrap();
+        let key = RouteKey::parse("a.com").unwrap();
+        let failed = r.table().get(&key).unwrap().endpoints()[0].clone();
+        let outcome = r.remove_failed(&Removal { route: key.clone(), endpoint: Arc::clone(&failed) }, SECOND);
+        assert_eq!(outcome.endpoints_removed, 1);
+        assert_eq!(members(&r, "a.com"), ["10.0.0.2:80"]);
+        assert_eq!(members(&r, "b.com"), ["10.0.0.1:443"], "other routes keep it");
+        assert!(!r.remove_failed(&Removal { route: key.clone(), endpoint: failed }, SECOND).changed(), "already gone");
+        assert!(!r.remove_failed(&Removal { route: RouteKey::parse("zzz.com").unwrap(), endpoint: Arc::clone(&r.table().get(&key).unwrap().endpoints()[0]) }, SECOND).changed());
+        // The next registration puts it back; it is removed again only if it fails again.
+        assert_eq!(r.register(&message(tls), 2 * SECOND).unwrap().endpoints_added, 1);
+        assert_eq!(members(&r, "a.com"), ["10.0.0.2:80", "10.0.0.1:443"]);
+        assert_eq!(r.endpoint_count(), 3);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct Activity {
     busy: AtomicU32,
     completed: AtomicU32,
     tunnel: AtomicBool,
+    multiplexed: AtomicBool,
 }
 
 impl Activity {
@@ -37,6 +38,12 @@ impl Activity {
     /// Marks the connection as a tunnel: no frontend timeouts from now on.
     pub fn become_tunnel(&self) {
         self.tunnel.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as HTTP/2: between requests it carries control frames (pings, window updates) that
+    /// are not the start of a request, so only the idle timeout applies once the first request has been served.
+    pub fn become_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -140,7 +147,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
+                let control_frames = generation > 0 && this.activity.multiplexed.load(Ordering::Relaxed);
                 if buf.filled().len() > before
+                    && !control_frames
                     && let Some(waiting) = this.waiting.as_mut() {
                         waiting.head_started.get_or_insert_with(Instant::now);
                     }
@@ -226,6 +235,22 @@ mod tests {
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multiplexed_connections_wait_idle_between_requests_even_with_traffic() {
+        let (mut client, server) = duplex(64);
+        let activity = Arc::new(Activity::default());
+        activity.become_multiplexed();
+        let mut io = TimedIo::new(server, Arc::clone(&activity), timeouts());
+        drop(activity.begin());
+        let mut buf = [0u8; 8];
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 4);
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_millis(1000), "the idle timeout, not the header timeout");
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,11 +2,33 @@
 //! because clients, monitors and support runbooks match on them.
 
 use crate::proxy::body::{Exchange, ResponseBody};
+use crate::tls::TlsFailure;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use http::{Response, StatusCode};
 
 /// The header that says why the router, not the app, answered.
 pub const X_CF_ROUTERERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
+
+/// gorouter's statuses for backend TLS failures: 503 for a certificate naming someone else (the endpoint is
+/// stale), 526 for an untrusted certificate, 496 when the backend refuses the router's certificate, 525 otherwise.
+fn tls_status(failure: &TlsFailure) -> StatusCode {
+    let code = match failure {
+        TlsFailure::NameMismatch(_) => 503,
+        TlsFailure::Untrusted(_) => 526,
+        TlsFailure::ClientCertRejected(_) => 496,
+        TlsFailure::Handshake(_) => 525,
+    };
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+fn tls_body(failure: &TlsFailure) -> &'static str {
+    match failure {
+        TlsFailure::NameMismatch(_) => "503 Service Unavailable",
+        TlsFailure::Untrusted(_) => "526 Invalid SSL Certificate",
+        TlsFailure::ClientCertRejected(_) => "496 SSL Certificate Required",
+        TlsFailure::Handshake(_) => "525 SSL Handshake Failed",
+    }
+}
 
 /// Why the router answered itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +49,16 @@ pub enum RouterError {
     InvalidAppInstanceHeader,
     /// A method the router does not proxy (CONNECT: the router is not a tunnel to arbitrary hosts).
     UnsupportedMethod,
+    /// Every attempt failed and the last one failed the backend's TLS handshake.
+    BackendTls(TlsFailure, String),
+    /// The route is bound to a route service, but no `route_services_secret` is configured.
+    RouteServiceUnsupported,
+    /// A protocol upgrade (WebSocket) for a route bound to a route service.
+    RouteServiceUpgrade,
+    /// A request came back from a route service with a signature older than `route_services_timeout`.
+    RouteServiceExpired,
+    /// A request came back from a route service with a signature that does not verify, or names another route.
+    RouteServiceInvalid,
     /// `X-CF-APP-INSTANCE` names an instance the route does not have.
     UnknownInstance {
         /// App GUID asked for.
@@ -44,6 +76,10 @@ impl RouterError {
             Self::NoEndpoints | Self::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Self::EndpointFailure(_) => StatusCode::BAD_GATEWAY,
             Self::UnsupportedMethod => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BackendTls(failure, _) => tls_status(failure),
+            Self::RouteServiceUnsupported | Self::RouteServiceInvalid => StatusCode::BAD_GATEWAY,
+            Self::RouteServiceUpgrade => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RouteServiceExpired => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
@@ -57,7 +93,10 @@ impl RouterError {
             Self::ConnectionLimit => HeaderValue::from_static("Connection Limit Reached"),
             Self::InvalidAppInstanceHeader => HeaderValue::from_static("invalid_cf_app_instance_header"),
             Self::UnsupportedMethod => HeaderValue::from_static("unsupported_method"),
-            Self::EndpointFailure(reason) => {
+            Self::RouteServiceUnsupported | Self::RouteServiceUpgrade => HeaderValue::from_static("route_service_unsupported"),
+            Self::RouteServiceExpired => HeaderValue::from_static("route_service_signature_expired"),
+            Self::RouteServiceInvalid => HeaderValue::from_static("route_service_signature_invalid"),
+            Self::EndpointFailure(reason) | Self::BackendTls(_, reason) => {
                 let text: String = format!("endpoint_failure ({reason})").chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
                 HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("endpoint_failure"))
             }
@@ -74,6 +113,11 @@ impl RouterError {
             Self::ConnectionLimit => "503 Service Unavailable: Connection Limit Reached\n".to_owned(),
             Self::InvalidAppInstanceHeader => "400 Bad Request: Invalid X-CF-App-Instance Header\n".to_owned(),
             Self::UnsupportedMethod => "405 Method Not Allowed\n".to_owned(),
+            Self::BackendTls(failure, _) => format!("{}\n", tls_body(failure)),
+            Self::RouteServiceUnsupported => "502 Bad Gateway: Support for route services is disabled.\n".to_owned(),
+            Self::RouteServiceUpgrade => "503 Service Unavailable: Websocket requests are not supported for routes bound to Route Services.\n".to_owned(),
+            Self::RouteServiceExpired => "504 Gateway Timeout: Route service request expired.\n".to_owned(),
+            Self::RouteServiceInvalid => "502 Bad Gateway: Failed to validate Route Service Signature.\n".to_owned(),
             Self::UnknownInstance { app, index } => {
                 format!("400 Bad Request: Requested instance ('{index}') with guid ('{app}') does not exist for route ('{route}')\n")
             }
@@ -122,6 +166,21 @@ mod tests {
         let response = RouterError::EndpointFailure("dial 10.0.0.1:80: refused\r\nx".into()).respond("a", None);
         assert_eq!(response.status(), 502);
         assert_eq!(response.headers()["x-cf-routererror"], "endpoint_failure (dial 10.0.0.1:80: refused??x)");
+    }
+
+    #[test]
+    fn backend_tls_failures_use_gorouters_statuses() {
+        for (failure, status, body) in [
+            (TlsFailure::NameMismatch("a".into()), 503, "503 Service Unavailable\n"),
+            (TlsFailure::Untrusted("x".into()), 526, "526 Invalid SSL Certificate\n"),
+            (TlsFailure::ClientCertRejected("x".into()), 496, "496 SSL Certificate Required\n"),
+            (TlsFailure::Handshake("x".into()), 525, "525 SSL Handshake Failed\n"),
+        ] {
+            let error = RouterError::BackendTls(failure, "dial 10.0.0.1:443: why".into());
+            assert_eq!(error.status().as_u16(), status);
+            assert_eq!(error.body("a"), body);
+            assert_eq!(error.header(), "endpoint_failure (dial 10.0.0.1:443: why)");
+        }
     }
 
     #[test]

@@ -88,10 +88,11 @@ impl Exchange {
         Arc::clone(self.bytes_in.get_or_insert_with(Arc::default))
     }
 
-    /// Records the backend that answered, and the connection to return when the response is read.
-    pub fn served_by(&mut self, in_flight: InFlight, upstream: Option<Pooled>, backend_time: Duration) {
-        self.entry.backend = Some(Arc::clone(in_flight.endpoint()));
-        self.in_flight = Some(in_flight);
+    /// Records the backend that answered (none for a route service), and the connection to return when the
+    /// response is read.
+    pub fn served_by(&mut self, in_flight: Option<InFlight>, upstream: Option<Pooled>, backend_time: Duration) {
+        self.entry.backend = in_flight.as_ref().map(|f| Arc::clone(f.endpoint()));
+        self.in_flight = in_flight;
         self.upstream = upstream;
         self.backend_time = backend_time;
     }
@@ -227,11 +228,10 @@ impl Body for ResponseBody {
                 this.count(frame);
                 // hyper stops polling once a body reports its end, so a body that is complete after this frame
                 // will never be polled to `None`: finish here.
-                if this.is_end_stream() {
-                    if let Some(mut exchange) = this.exchange.take() {
+                if this.is_end_stream()
+                    && let Some(mut exchange) = this.exchange.take() {
                         exchange.finish_upstream(true);
                     }
-                }
             }
             Some(Err(_)) => {
                 if let Some(exchange) = this.exchange.as_mut() {

@@ -11,32 +11,40 @@ pub mod answer;
 pub mod arena;
 pub mod body;
 pub mod headers;
+mod service_hop;
 pub mod sticky;
 pub mod trace;
 mod upgrade;
 pub mod upstream;
+pub mod xfcc;
 
 use crate::clock::Clock;
-use crate::endpoint::{Endpoint, InFlight};
+use crate::endpoint::{Endpoint, InFlight, UpstreamKey};
 use crate::metrics::{LocalMetrics, RouterMetrics};
 use crate::pool::{Attempted, Choice, Limits, Pool};
+use crate::registry::Removal;
 use crate::route_key::RequestHost;
+use crate::route_service::signature::SignatureError;
+use crate::route_service::{self as route_services, RouteServices, Verdict};
 use crate::table::RouteTable;
+use crate::tls::TlsFailure;
 use activity::Activity;
 use answer::RouterError;
 use arc_swap::ArcSwap;
 use body::{Exchange, RequestBody, ResponseBody};
 use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID};
-use http::header::{CONNECTION, HOST, REFERER, TRANSFER_ENCODING, USER_AGENT};
+use http::header::{CONNECTION, HOST, REFERER, TE, TRANSFER_ENCODING, USER_AGENT};
 use http_body::Body as _;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use switchyard_config::router::RouterConfig;
+use switchyard_config::router::{ForwardedClientCert, RouterConfig};
+use tokio::sync::mpsc;
 use trace::TraceSettings;
-use upstream::{DialError, Pooled};
+use upstream::{DialError, Dialer, Pooled, origin_form};
+use xfcc::ClientCert;
 
 /// How long a failed endpoint is passed over while others are available.
 const FAILURE_WINDOW: Duration = Duration::from_secs(10);
@@ -50,8 +58,6 @@ pub struct ProxySettings {
     pub max_conns: u32,
     /// Longest wait for a backend's response headers.
     pub endpoint_timeout: Duration,
-    /// Longest wait for a backend TCP connection.
-    pub dial_timeout: Duration,
     /// Largest request head accepted.
     pub max_header_bytes: usize,
     /// Backend cookies that make a session sticky.
@@ -64,6 +70,10 @@ pub struct ProxySettings {
     pub proto: ProtoPolicy,
     /// Trace headers to emit.
     pub trace: TraceSettings,
+    /// `X-Forwarded-Client-Cert` policy.
+    pub forwarded_client_cert: ForwardedClientCert,
+    /// Route-service keys and limits (shared by the workers: deriving the keys is slow on purpose).
+    pub route_services: Arc<RouteServices>,
 }
 
 impl ProxySettings {
@@ -74,7 +84,6 @@ impl ProxySettings {
             max_attempts: config.backends.max_attempts.max(1),
             max_conns: config.backends.max_conns,
             endpoint_timeout: config.endpoint_timeout,
-            dial_timeout: config.endpoint_dial_timeout,
             max_header_bytes: config.max_header_bytes,
             sticky_cookie_names: config.sticky_session_cookie_names.clone(),
             secure_cookies: config.secure_cookies,
@@ -85,6 +94,8 @@ impl ProxySettings {
                 w3c: config.tracing.enable_w3c,
                 tracestate_key: if tenant.is_empty() { "gorouter".to_owned() } else { format!("{tenant}@gorouter") },
             },
+            forwarded_client_cert: config.forwarded_client_cert,
+            route_services: Arc::new(RouteServices::from_config(config)),
         }
     }
 }
@@ -100,14 +111,16 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// Phase tracking for the connection's timeouts.
     pub activity: Arc<Activity>,
+    /// The client certificate, on TLS connections that presented one.
+    pub client_cert: ClientCert,
 }
 
 impl ConnInfo {
     /// Describes a freshly accepted connection.
-    pub fn new(client: SocketAddr, scheme: &'static str) -> Self {
+    pub fn new(client: SocketAddr, scheme: &'static str, activity: Arc<Activity>) -> Self {
         let ip = client.ip().to_string();
         let client_ip = HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { client, client_ip, scheme, activity: Arc::new(Activity::default()) }
+        Self { client, client_ip, scheme, activity, client_cert: ClientCert::None }
     }
 }
 
@@ -117,12 +130,14 @@ pub struct Proxy {
     settings: ProxySettings,
     clock: Clock,
     metrics: RouterMetrics,
+    dialer: Dialer,
+    removals: mpsc::Sender<Removal>,
 }
 
 /// A backend's answer and what to keep until its body has been sent.
 struct Forwarded {
     response: Response<Incoming>,
-    in_flight: InFlight,
+    in_flight: Option<InFlight>,
     connection: Pooled,
     backend_time: Duration,
 }
@@ -131,8 +146,22 @@ struct Forwarded {
 enum Failure {
     /// Every endpoint is at `max_conns`.
     AtLimit,
-    /// Attempts failed; the text is the last reason.
-    Endpoint(String),
+    /// Attempts failed; the last error, if any attempt was made.
+    Endpoint(Option<AttemptError>),
+}
+
+impl Failure {
+    fn answer(self) -> RouterError {
+        match self {
+            Self::AtLimit => RouterError::ConnectionLimit,
+            Self::Endpoint(Some(AttemptError::Dial(DialError::Tls { target, failure }))) => {
+                let reason = format!("dial {target}: {failure}");
+                RouterError::BackendTls(failure, reason)
+            }
+            Self::Endpoint(Some(error)) => RouterError::EndpointFailure(error.to_string()),
+            Self::Endpoint(None) => RouterError::EndpointFailure("no endpoint could take the request".to_owned()),
+        }
+    }
 }
 
 /// How one attempt on one endpoint ended.
@@ -158,6 +187,7 @@ enum AttemptError {
 impl AttemptError {
     fn kind(&self) -> &'static str {
         match self {
+            Self::Dial(DialError::Tls { failure, .. }) => failure.kind(),
             Self::Dial(_) => "dial",
             Self::Timeout => "timeout",
             Self::Broken(err) if err.is_parse() => "protocol",
@@ -171,20 +201,22 @@ fn route_text(host: &[u8], uri: &Uri) -> String {
     format!("{}{}", String::from_utf8_lossy(host), uri.path())
 }
 
-/// The origin-form target (`/path?query`) of an absolute-form request.
-fn origin_form(uri: &Uri) -> Uri {
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    target.parse().unwrap_or_else(|_| Uri::from_static("/"))
-}
-
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 impl Proxy {
-    /// A handler reading routes from `table`.
-    pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: ProxySettings, clock: Clock, metrics: RouterMetrics) -> Self {
-        Self { table, settings, clock, metrics }
+    /// A handler reading routes from `table`, dialling backends with `dialer`, and asking the registry (through
+    /// `removals`) to drop endpoints that fail the backend identity check.
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        settings: ProxySettings,
+        clock: Clock,
+        metrics: RouterMetrics,
+        dialer: Dialer,
+        removals: mpsc::Sender<Removal>,
+    ) -> Self {
+        Self { table, settings, clock, metrics, dialer, removals }
     }
 
     /// Handles one request.
@@ -217,11 +249,15 @@ impl Proxy {
             entry.user_agent = parts.headers.get(USER_AGENT).cloned();
             entry.client = Some(conn.client);
         }
-        // An absolute-form target's authority wins over the Host header (RFC 9112, 3.2.2).
+        // An absolute-form target's authority (or HTTP/2's `:authority`) wins over the Host header (RFC 9112,
+        // 3.2.2).
         let host_value = match parts.uri.authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => parts.headers.get(HOST).cloned(),
         };
+        if exchange.entry.started.is_some() && exchange.entry.host.is_none() {
+            exchange.entry.host = host_value.clone();
+        }
         let raw_host: &[u8] = host_value.as_ref().map_or(b"", HeaderValue::as_bytes);
         let requested_uri = parts.uri.clone();
         let fail = |error: RouterError, exchange: Exchange| error.respond(&route_text(raw_host, &requested_uri), Some(exchange));
@@ -269,7 +305,47 @@ impl Proxy {
         let hash_key = pool.hash_policy().and_then(|policy| parts.headers.get(policy.header())).cloned();
 
         let upgrade = headers::is_upgrade(&parts.headers);
+        let mut via_service = None;
+        let mut from_service = false;
+        if let Some(binding) = pool.route_service() {
+            match self.settings.route_services.inspect(&parts.headers, arrived_wall) {
+                Verdict::Unsupported => return fail(RouterError::RouteServiceUnsupported, exchange),
+                _ if upgrade => return fail(RouterError::RouteServiceUpgrade, exchange),
+                Verdict::ToService => {
+                    let target = requested_uri.path_and_query().map_or("/", |pq| pq.as_str());
+                    if !self.settings.route_services.sign(&mut parts.headers, raw_host, target, arrived_wall) {
+                        return fail(RouterError::EndpointFailure("could not sign the route service request".to_owned()), exchange);
+                    }
+                    via_service = Some(Arc::clone(binding));
+                }
+                Verdict::Returned(url) => {
+                    if !self.same_route(&url, &pool) {
+                        tracing::info!(forwarded_url = %url, route = %pool.key(), "route service signature is for another route");
+                        return fail(RouterError::RouteServiceInvalid, exchange);
+                    }
+                    route_services::strip(&mut parts.headers);
+                    from_service = true;
+                }
+                Verdict::Refused(SignatureError::Expired(by)) => {
+                    tracing::info!(expired_by = ?by, route = %pool.key(), "route service signature expired");
+                    return fail(RouterError::RouteServiceExpired, exchange);
+                }
+                Verdict::Refused(err) => {
+                    tracing::info!(%err, route = %pool.key(), "route service signature refused");
+                    return fail(RouterError::RouteServiceInvalid, exchange);
+                }
+            }
+        }
+        // gRPC needs `te: trailers` to reach an HTTP/2 backend; every other TE value is hop-by-hop.
+        let te_trailers = parts.version == Version::HTTP_2 && parts.headers.get(TE).is_some_and(|te| te == "trailers");
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        if te_trailers {
+            parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        // A request back from the route service carries the header the route service decided on.
+        if !from_service {
+            xfcc::apply(&mut parts.headers, self.settings.forwarded_client_cert, &conn.client_cert);
+        }
         let arrived_unix_ms = arrived_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
         let facts = Forwarding { client_ip: &conn.client_ip, scheme: conn.scheme, arrived_unix_ms };
         let request_id = headers::add_forwarding(&mut parts.headers, &facts, self.settings.proto);
@@ -283,6 +359,11 @@ impl Proxy {
         }
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = origin_form(&parts.uri);
+            // HTTP/2 clients name the host only in `:authority`; HTTP/1.1 backends need it as Host.
+            if !parts.headers.contains_key(HOST)
+                && let Some(host) = &host_value {
+                    parts.headers.insert(HOST, host.clone());
+                }
         }
         parts.version = Version::HTTP_11;
 
@@ -292,7 +373,11 @@ impl Proxy {
 
         let body = if body.is_end_stream() { RequestBody::Empty } else { RequestBody::Client(body, exchange.count_request_body()) };
         let request = Request::from_parts(parts, body);
-        match self.forward(request, &pool, preferred, hash_key.as_ref()).await {
+        let forwarded = match &via_service {
+            Some(binding) => self.to_route_service(request, binding).await,
+            None => self.forward(request, &pool, preferred, hash_key.as_ref()).await,
+        };
+        match forwarded {
             Ok(Forwarded { response, in_flight, connection, backend_time }) => {
                 let (mut response_parts, incoming) = response.into_parts();
                 headers::strip_hop_by_hop(&mut response_parts.headers, false);
@@ -303,25 +388,36 @@ impl Proxy {
                     && !response_parts.headers.contains_key(X_VCAP_REQUEST_ID) {
                         response_parts.headers.insert(X_VCAP_REQUEST_ID, id);
                     }
-                let endpoint = in_flight.endpoint();
-                let path = if pool.key().path().is_empty() { "/" } else { pool.key().path() };
-                let pin = sticky::Pin {
-                    instance_id: endpoint.private_instance_id(),
-                    path,
-                    requested: requested_instance.as_deref(),
-                    secure_cookies: self.settings.secure_cookies,
-                };
-                sticky::pin_session(&mut response_parts.headers, &pin, &self.settings.sticky_cookie_names);
+                if let Some(endpoint) = in_flight.as_ref().map(InFlight::endpoint) {
+                    let path = if pool.key().path().is_empty() { "/" } else { pool.key().path() };
+                    let pin = sticky::Pin {
+                        instance_id: endpoint.private_instance_id(),
+                        path,
+                        requested: requested_instance.as_deref(),
+                        secure_cookies: self.settings.secure_cookies,
+                    };
+                    sticky::pin_session(&mut response_parts.headers, &pin, &self.settings.sticky_cookie_names);
+                }
                 exchange.status = response_parts.status.as_u16();
                 exchange.served_by(in_flight, Some(connection), backend_time);
                 Response::from_parts(response_parts, ResponseBody::upstream(incoming, exchange))
             }
-            Err(Failure::AtLimit) => fail(RouterError::ConnectionLimit, exchange),
-            Err(Failure::Endpoint(reason)) => {
-                self.metrics.bad_gateways.inc();
-                fail(RouterError::EndpointFailure(reason), exchange)
+            Err(failure) => {
+                let error = failure.answer();
+                if matches!(error, RouterError::EndpointFailure(_)) {
+                    self.metrics.bad_gateways.inc();
+                }
+                fail(error, exchange)
             }
         }
+    }
+
+    /// Whether a route service's signed URL names the route this request reached (a signature is good for the
+    /// route it was made for, not for any route bound to the same service).
+    fn same_route(&self, url: &str, pool: &Pool) -> bool {
+        let Some((host, path)) = route_services::url_route(url) else { return false };
+        let Some(mut host) = RequestHost::parse(host.as_bytes()) else { return false };
+        self.table.load().lookup(&mut host, &path).is_some_and(|found| found.key() == pool.key())
     }
 
     fn limits(&self) -> Limits {
@@ -362,23 +458,36 @@ impl Proxy {
             }
             let in_flight = InFlight::start(Arc::clone(endpoint));
             headers::add_endpoint(request.headers_mut(), endpoint);
-            match self.attempt(endpoint, request).await {
+            match self.attempt(endpoint.upstream(), endpoint.identity(), request).await {
                 Attempt::Answered(response, connection, backend_time) => {
                     endpoint.mark_healthy();
-                    return Ok(Forwarded { response, in_flight, connection, backend_time });
+                    return Ok(Forwarded { response, in_flight: Some(in_flight), connection, backend_time });
                 }
                 Attempt::Retry(returned, error) => {
                     self.blame(endpoint, &error);
+                    if matches!(&error, AttemptError::Dial(DialError::Tls { failure: TlsFailure::NameMismatch(_), .. })) {
+                        self.remove(pool, endpoint);
+                    }
                     request = returned;
                     last_error = Some(error);
                 }
                 Attempt::Failed(error) => {
                     self.blame(endpoint, &error);
-                    return Err(Failure::Endpoint(error.to_string()));
+                    return Err(Failure::Endpoint(Some(error)));
                 }
             }
         }
-        Err(Failure::Endpoint(last_error.map_or_else(|| "no endpoint could take the request".to_owned(), |e| e.to_string())))
+        Err(Failure::Endpoint(last_error))
+    }
+
+    /// Asks the registry to drop an endpoint whose certificate names someone else. If the queue is full the
+    /// request is dropped: the next request that meets the endpoint asks again.
+    fn remove(&self, pool: &Pool, endpoint: &Arc<Endpoint>) {
+        tracing::warn!(endpoint = endpoint.identity(), route = %pool.key(), "backend certificate does not match the registration; removing the endpoint");
+        let removal = Removal { route: pool.key().clone(), endpoint: Arc::clone(endpoint) };
+        if self.removals.try_send(removal).is_err() {
+            tracing::debug!("removal queue is full; a later request will ask again");
+        }
     }
 
     fn blame(&self, endpoint: &Endpoint, error: &AttemptError) {
@@ -388,15 +497,15 @@ impl Proxy {
     }
 
     /// Gets a connection: a pooled one if any is open, else a new one.
-    async fn connection(&self, endpoint: &Endpoint, pooled_allowed: bool) -> Result<(Pooled, bool), DialError> {
+    async fn connection(&self, key: &UpstreamKey, pooled_allowed: bool) -> Result<(Pooled, bool), DialError> {
         if pooled_allowed {
-            while let Some(mut pooled) = upstream::check_out(endpoint.target()) {
-                if pooled.sender().ready().await.is_ok() {
+            while let Some(mut pooled) = upstream::check_out(key) {
+                if pooled.ready().await.is_ok() {
                     return Ok((pooled, true));
                 }
             }
         }
-        let fresh = upstream::connect(endpoint.target(), self.settings.dial_timeout, false).await?;
+        let fresh = self.dialer.connect(key, false).await?;
         self.metrics.upstream_connects.inc();
         Ok((fresh, false))
     }
@@ -404,10 +513,10 @@ impl Proxy {
     /// One attempt on one endpoint. A pooled connection that turns out closed (the backend timed it out just as
     /// the request went) is replaced by a fresh one, once, when the request can be sent again: it was never
     /// written, or it is idempotent and bodyless.
-    async fn attempt(&self, endpoint: &Endpoint, mut request: Request<RequestBody>) -> Attempt {
+    async fn attempt(&self, key: &UpstreamKey, identity: &str, mut request: Request<RequestBody>) -> Attempt {
         let mut pooled_allowed = true;
         loop {
-            let (mut connection, reused) = match self.connection(endpoint, pooled_allowed).await {
+            let (mut connection, reused) = match self.connection(key, pooled_allowed).await {
                 Ok(pair) => pair,
                 Err(error) => return Attempt::Retry(request, error.into()),
             };
@@ -420,7 +529,7 @@ impl Proxy {
                 copy
             });
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(self.settings.endpoint_timeout, connection.sender().try_send_request(request)).await;
+            let outcome = tokio::time::timeout(self.settings.endpoint_timeout, connection.send(request)).await;
             match outcome {
                 Err(_) => return Attempt::Failed(AttemptError::Timeout),
                 Ok(Ok(response)) => {
@@ -436,7 +545,7 @@ impl Proxy {
                     let error = AttemptError::Broken(error.into_error());
                     match recovered {
                         Some(again) if reused && pooled_allowed => {
-                            tracing::debug!(endpoint = endpoint.identity(), %error, "pooled connection was closed; sending again on a new one");
+                            tracing::debug!(endpoint = identity, %error, "pooled connection was closed; sending again on a new one");
                             request = again;
                             pooled_allowed = false;
                         }

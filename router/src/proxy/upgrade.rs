@@ -8,7 +8,6 @@ use crate::pool::{Attempted, Choice, Pool};
 use crate::proxy::answer::RouterError;
 use crate::proxy::body::{Exchange, RequestBody, ResponseBody};
 use crate::proxy::headers;
-use crate::proxy::upstream;
 use http::request::Parts;
 use http_body::Body as _;
 use http::{Request, Response, StatusCode};
@@ -42,7 +41,7 @@ pub(super) async fn tunnel(
         tried.add(index);
         let Some(endpoint) = pool.endpoint(index) else { break };
         headers::add_endpoint(request.headers_mut(), endpoint);
-        let mut connection = match upstream::connect(endpoint.target(), proxy.settings.dial_timeout, true).await {
+        let mut connection = match proxy.dialer.connect(&endpoint.upstream().as_http1(), true).await {
             Ok(connection) => connection,
             Err(error) => {
                 proxy.blame(endpoint, &error.into());
@@ -51,11 +50,11 @@ pub(super) async fn tunnel(
             }
         };
         let in_flight = InFlight::start(Arc::clone(endpoint));
-        let sent = tokio::time::timeout(proxy.settings.endpoint_timeout, connection.sender().send_request(request)).await;
+        let sent = tokio::time::timeout(proxy.settings.endpoint_timeout, connection.send(request)).await;
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                let error = super::AttemptError::Broken(error);
+                let error = super::AttemptError::Broken(error.into_error());
                 proxy.blame(endpoint, &error);
                 return RouterError::EndpointFailure(error.to_string()).respond(&route, Some(exchange));
             }
@@ -94,7 +93,7 @@ pub(super) async fn tunnel(
         }
         // The backend declined the switch: relay its answer; the connection is not pooled.
         let (response_parts, incoming) = response.into_parts();
-        exchange.served_by(in_flight, None, std::time::Duration::ZERO);
+        exchange.served_by(Some(in_flight), None, std::time::Duration::ZERO);
         return Response::from_parts(response_parts, ResponseBody::upstream(incoming, exchange));
     }
     RouterError::EndpointFailure(last_error).respond(&route, Some(exchange))

@@ -1,71 +1,145 @@
-//! Connections to backends: dialling, and a keep-alive pool per worker thread.
+//! Connections to backends: dialling (plain or TLS, HTTP/1.1 or HTTP/2) and per-worker reuse.
 //!
-//! Each worker runs its own single-threaded runtime, so its pool is a plain thread-local map with no lock and
-//! no atomic: a request checks a connection out, and its response body checks it back in once the response has
-//! been read to the end. Idle connections are reused most-recent first (the warmest) and swept on the worker tick
-//! once idle too long.
+//! Each worker runs its own single-threaded runtime, so its connections live in a plain thread-local map with no
+//! lock and no atomic. Connections are keyed by [`UpstreamKey`] (address, TLS name, protocol), never by address
+//! alone, so a connection verified for one certificate name is never handed to an endpoint that expects another.
+//!
+//! - HTTP/1.1 connections carry one request at a time: a request checks one out, and its response body checks it
+//!   back in once read to the end. Idle ones are reused most-recent first and swept on the worker tick.
+//! - An HTTP/2 connection multiplexes, so the worker keeps one per key and every request shares it.
 
-use crate::endpoint::DialTarget;
+use crate::endpoint::UpstreamKey;
 use crate::proxy::body::RequestBody;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use crate::tls::{BackendTls, TlsFailure};
+use arc_swap::ArcSwap;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// Most idle connections kept per backend per worker.
+/// Most idle HTTP/1.1 connections kept per backend per worker.
 const MAX_IDLE_PER_TARGET: usize = 64;
 /// Idle connections older than this are closed (backends commonly close at 60s or more).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+enum Sender {
+    Http1(http1::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
 /// A connection checked out for one request.
 pub struct Pooled {
-    target: DialTarget,
-    sender: SendRequest<RequestBody>,
+    key: UpstreamKey,
+    sender: Sender,
 }
 
 impl fmt::Debug for Pooled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pooled").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("Pooled").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+/// The origin-form target (`/path?query`) of a request whose target is absolute.
+pub fn origin_form(uri: &Uri) -> Uri {
+    let target = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    target.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Gives a request the absolute target HTTP/2 wants (`:scheme` and `:authority`), from its Host header.
+fn make_absolute(request: &mut Request<RequestBody>, tls: bool) {
+    if request.uri().scheme().is_some() {
+        return;
+    }
+    let Some(authority) = request.headers().get(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()) else { return };
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
     }
 }
 
 impl Pooled {
-    /// Wraps a connection to `target`.
-    pub fn new(target: DialTarget, sender: SendRequest<RequestBody>) -> Self {
-        Self { target, sender }
+    /// Waits until the connection can take a request; an error means it is closed.
+    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match &mut self.sender {
+            Sender::Http1(sender) => sender.ready().await,
+            Sender::Http2(sender) => sender.ready().await,
+        }
     }
 
-    /// The request side of the connection.
-    pub fn sender(&mut self) -> &mut SendRequest<RequestBody> {
-        &mut self.sender
+    /// Whether the connection speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+
+    /// Sends a request. If it could not be written at all, the error gives it back.
+    pub async fn send(&mut self, mut request: Request<RequestBody>) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match &mut self.sender {
+            Sender::Http1(sender) => {
+                // A request that was offered to an HTTP/2 endpoint first carries an absolute target.
+                if request.uri().scheme().is_some() {
+                    *request.uri_mut() = origin_form(request.uri());
+                }
+                sender.try_send_request(request).await
+            }
+            Sender::Http2(sender) => {
+                make_absolute(&mut request, self.key.tls_name.is_some());
+                sender.try_send_request(request).await
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.sender {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        }
     }
 }
 
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
 #[derive(Default)]
-struct IdlePool {
-    by_target: HashMap<DialTarget, Vec<Idle>, foldhash::fast::RandomState>,
+struct Connections {
+    idle: HashMap<UpstreamKey, Vec<Idle>, foldhash::fast::RandomState>,
+    shared: HashMap<UpstreamKey, http2::SendRequest<RequestBody>, foldhash::fast::RandomState>,
 }
 
 thread_local! {
-    static IDLE: RefCell<IdlePool> = RefCell::new(IdlePool::default());
+    static CONNECTIONS: RefCell<Connections> = RefCell::new(Connections::default());
 }
 
-/// Takes an idle connection to `target`, if one is open.
-pub fn check_out(target: &DialTarget) -> Option<Pooled> {
-    IDLE.with(|cell| {
-        let mut pool = cell.try_borrow_mut().ok()?;
-        let idle = pool.by_target.get_mut(target)?;
+/// Takes an open connection for `key`, if this worker has one.
+pub fn check_out(key: &UpstreamKey) -> Option<Pooled> {
+    CONNECTIONS.with(|cell| {
+        let mut connections = cell.try_borrow_mut().ok()?;
+        if key.http2 {
+            let shared = connections.shared.get(key)?;
+            if shared.is_closed() {
+                connections.shared.remove(key);
+                return None;
+            }
+            return Some(Pooled { key: key.clone(), sender: Sender::Http2(shared.clone()) });
+        }
+        let idle = connections.idle.get_mut(key)?;
         while let Some(candidate) = idle.pop() {
             if !candidate.sender.is_closed() {
-                return Some(Pooled { target: target.clone(), sender: candidate.sender });
+                return Some(Pooled { key: key.clone(), sender: Sender::Http1(candidate.sender) });
             }
         }
         None
@@ -74,28 +148,41 @@ pub fn check_out(target: &DialTarget) -> Option<Pooled> {
 
 /// Returns a connection whose last response was read to the end.
 pub fn check_in(pooled: Pooled) {
-    if pooled.sender.is_closed() {
+    if pooled.is_closed() {
         return;
     }
-    IDLE.with(|cell| {
-        if let Ok(mut pool) = cell.try_borrow_mut() {
-            let idle = pool.by_target.entry(pooled.target).or_default();
+    let Sender::Http1(sender) = pooled.sender else {
+        // HTTP/2 connections stay in the shared map while they are open.
+        return;
+    };
+    CONNECTIONS.with(|cell| {
+        if let Ok(mut connections) = cell.try_borrow_mut() {
+            let idle = connections.idle.entry(pooled.key).or_default();
             if idle.len() < MAX_IDLE_PER_TARGET {
-                idle.push(Idle { sender: pooled.sender, since: Instant::now() });
+                idle.push(Idle { sender, since: Instant::now() });
             }
+        }
+    });
+}
+
+fn share(key: &UpstreamKey, sender: &http2::SendRequest<RequestBody>) {
+    CONNECTIONS.with(|cell| {
+        if let Ok(mut connections) = cell.try_borrow_mut() {
+            connections.shared.insert(key.clone(), sender.clone());
         }
     });
 }
 
 /// Closes connections idle too long or closed by the backend; called on the worker tick.
 pub fn sweep() {
-    IDLE.with(|cell| {
-        if let Ok(mut pool) = cell.try_borrow_mut() {
+    CONNECTIONS.with(|cell| {
+        if let Ok(mut connections) = cell.try_borrow_mut() {
             let now = Instant::now();
-            pool.by_target.retain(|_, idle| {
+            connections.idle.retain(|_, idle| {
                 idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
                 !idle.is_empty()
             });
+            connections.shared.retain(|_, sender| !sender.is_closed());
         }
     });
 }
@@ -117,7 +204,15 @@ pub enum DialError {
         /// Where.
         target: String,
     },
-    /// The HTTP/1 handshake on the new connection failed.
+    /// The TLS handshake failed.
+    #[error("dial {target}: {failure}")]
+    Tls {
+        /// Where.
+        target: String,
+        /// How.
+        failure: TlsFailure,
+    },
+    /// The HTTP handshake on the new connection failed.
     #[error("dial {target}: {source}")]
     Handshake {
         /// Where.
@@ -127,31 +222,69 @@ pub enum DialError {
     },
 }
 
-fn describe(target: &DialTarget) -> String {
-    match target {
-        DialTarget::Addr(addr) => addr.to_string(),
-        DialTarget::Name(name, port) => format!("{name}:{port}"),
+/// Opens backend connections: `endpoint_dial_timeout` for TCP and again for TLS, with the backend TLS settings
+/// current at the time of the dial.
+#[derive(Clone)]
+pub struct Dialer {
+    /// Longest wait for the TCP connection, and then for the TLS handshake.
+    pub timeout: Duration,
+    /// Trust and client certificate for TLS backends (swapped on reload).
+    pub tls: Arc<ArcSwap<BackendTls>>,
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dialer").field("timeout", &self.timeout).finish_non_exhaustive()
     }
 }
 
-/// Opens a new connection to `target`. `upgrades` keeps the connection usable for a protocol switch.
-pub async fn connect(target: &DialTarget, timeout: Duration, upgrades: bool) -> Result<Pooled, DialError> {
-    let connecting = async {
-        match target {
-            DialTarget::Addr(addr) => TcpStream::connect(addr).await,
-            DialTarget::Name(name, port) => TcpStream::connect((name.as_ref(), *port)).await,
-        }
-    };
-    let stream = match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => return Err(DialError::Connect { target: describe(target), source }),
-        Err(_) => return Err(DialError::Timeout { target: describe(target) }),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| DialError::Handshake { target: describe(target), source })?;
+impl Dialer {
+    /// Opens a new connection for `key`. `upgrades` keeps an HTTP/1.1 connection usable for a protocol switch
+    /// (callers pass an HTTP/1.1 key for those).
+    pub async fn connect(&self, key: &UpstreamKey, upgrades: bool) -> Result<Pooled, DialError> {
+        let target = &key.target;
+        let connecting = async {
+            match target {
+                crate::endpoint::DialTarget::Addr(addr) => TcpStream::connect(addr).await,
+                crate::endpoint::DialTarget::Name(name, port) => TcpStream::connect((name.as_ref(), *port)).await,
+            }
+        };
+        let stream = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(DialError::Connect { target: target.to_string(), source }),
+            Err(_) => return Err(DialError::Timeout { target: target.to_string() }),
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(name) = &key.tls_name else {
+            return handshake(TokioIo::new(stream), key, upgrades).await;
+        };
+        let tls = self.tls.load_full();
+        let secured = match tokio::time::timeout(self.timeout, tls.handshake(stream, name, key.http2)).await {
+            Ok(Ok(secured)) => secured,
+            Ok(Err(failure)) => return Err(DialError::Tls { target: target.to_string(), failure }),
+            Err(_) => return Err(DialError::Tls { target: target.to_string(), failure: TlsFailure::Handshake("timed out".to_owned()) }),
+        };
+        handshake(TokioIo::new(secured), key, upgrades).await
+    }
+}
+
+/// Starts HTTP on a connected (and possibly secured) stream, and runs the connection on this worker.
+async fn handshake<T>(io: T, key: &UpstreamKey, upgrades: bool) -> Result<Pooled, DialError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let failed = |source| DialError::Handshake { target: key.target.to_string(), source };
+    if key.http2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new()).handshake(io).await.map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "HTTP/2 backend connection ended with an error");
+            }
+        });
+        share(key, &sender);
+        return Ok(Pooled { key: key.clone(), sender: Sender::Http2(sender) });
+    }
+    let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(failed)?;
     if upgrades {
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
@@ -165,5 +298,5 @@ pub async fn connect(target: &DialTarget, timeout: Duration, upgrades: bool) -> 
             }
         });
     }
-    Ok(Pooled { target: target.clone(), sender })
+    Ok(Pooled { key: key.clone(), sender: Sender::Http1(sender) })
 }
