@@ -88,19 +88,22 @@ pub async fn open(client: &async_nats::Client, bucket: &str) -> Result<kv::Store
 
 /// Opens the bucket if it exists; never creates it (for commands that must change nothing).
 pub async fn open_existing(client: &async_nats::Client, bucket: &str) -> Result<Option<kv::Store>, KvError> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
     let context = jetstream::new(client.clone());
-    match context.get_key_value(bucket).await {
-        Ok(store) => Ok(Some(store)),
+    // Ask for the stream first to tell "no such bucket" (empty) from "JetStream unreachable" (an error).
+    match context.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {}
         Err(err) => {
-            // Tell "no such bucket" apart from "JetStream unreachable": only the first means "empty".
-            let names: Vec<String> = context.stream_names().collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>().map_err(|e| KvError::Read(format!("{err}; listing streams: {e}")))?;
-            if names.iter().any(|n| n == &format!("KV_{bucket}")) {
-                Err(KvError::Bucket { bucket: bucket.to_owned(), detail: err.to_string() })
-            } else {
-                Ok(None)
+            if let GetStreamErrorKind::JetStream(inner) = err.kind()
+                && inner.error_code() == ErrorCode::STREAM_NOT_FOUND
+            {
+                return Ok(None);
             }
+            return Err(KvError::Read(format!("{err}; is JetStream enabled on the server (nats-server -js)?")));
         }
     }
+    context.get_key_value(bucket).await.map(Some).map_err(|err| KvError::Bucket { bucket: bucket.to_owned(), detail: err.to_string() })
 }
 
 /// The whole kept history of the bucket, in order, as the watch of a running `lb` replays it at start.

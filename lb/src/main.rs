@@ -105,7 +105,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(output) => {
             if let Some(text) = output {
-                print!("{text}");
+                // A reader that went away (`lb plan | head`) is not an error of lb's.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             }
             ExitCode::SUCCESS
         }

@@ -238,6 +238,18 @@ impl Plan {
         self.add_addresses.len() + self.steps.len() + self.remove_addresses.len()
     }
 
+    /// What the kernel holds after this plan was applied to `state`. New services are recorded as owned through
+    /// their address (which the same plan makes local), the ownership rule every dataplane shares.
+    pub fn apply_to(&self, state: &mut ObservedState) {
+        state.addresses.extend(self.add_addresses.iter().copied());
+        for step in &self.steps {
+            apply_step(&mut state.services, step, false);
+        }
+        for address in &self.remove_addresses {
+            state.addresses.remove(address);
+        }
+    }
+
     /// The services the steps touch, each once.
     pub fn touched_services(&self) -> BTreeSet<ServiceKey> {
         self.steps.iter().map(Step::service).collect()

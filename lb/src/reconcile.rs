@@ -430,6 +430,10 @@ mod tests {
                     let mut kernel = FakeDataplane { keeps_zero_weight, ..FakeDataplane::default() };
                     let mut addresses = BTreeSet::new();
                     converge(before, &mut kernel, &mut addresses, options);
+                    // The state a plan predicts (what the sync loop diffs against between reads) needs no more work.
+                    let mut predicted = ObservedState { addresses: addresses.clone(), services: kernel.observe().unwrap() };
+                    reconcile(after, &predicted, options).apply_to(&mut predicted);
+                    assert!(reconcile(after, &predicted, options).is_empty(), "{before:?} -> {after:?}");
                     let rounds = converge(after, &mut kernel, &mut addresses, options);
                     assert_eq!(rounds, usize::from(before != after), "{before:?} -> {after:?}");
                     let wanted: BTreeSet<IpAddr> = after.services.keys().map(|k| k.address).collect();

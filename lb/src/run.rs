@@ -336,7 +336,7 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
     let sources = initial_sources(&config, &observed, Instant::now());
     tracing::info!(dataplane = kernel.dataplane_name(), services = observed.services.len(), addresses = observed.addresses.len(), "read the kernel");
     let timing = LoopTiming { min_interval: config.sync_min_interval, repair_interval: config.sync_interval };
-    let sync = sync::spawn(kernel, timing, metrics.clone()).map_err(LbError::Thread)?;
+    let sync = sync::spawn(kernel, timing, metrics.clone(), Some(observed)).map_err(LbError::Thread)?;
 
     let status = Arc::new(LbStatus {
         intent: RwLock::new(Arc::new(Intent::default())),
@@ -419,12 +419,9 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
 mod tests {
     use super::*;
 
-    fn limits() -> MessageLimits {
-        MessageLimits::default()
-    }
-
     #[test]
     fn announcements_are_read_from_plain_and_scoped_subjects() {
+        let limits = MessageLimits::default;
         let payload = br#"{"vip":"web","host":"198.18.1.2","port":10001}"#;
         assert_eq!(read_announcement("lb.register", payload, &limits()).unwrap().0, Action::Register);
         assert_eq!(read_announcement("lb.unregister", payload, &limits()).unwrap().0, Action::Unregister);

@@ -1,11 +1,17 @@
 //! The kernel side of `lb`: one [`Kernel`] (dataplane plus VIP addresses) and the loop that keeps it in step
 //! with the intent.
 //!
-//! Every sync observes the kernel afresh and diffs against it, rather than trusting a cached picture: the kernel
-//! is the only record that survives restarts and other people's edits, and the diff of an unchanged kernel is
-//! empty, so nothing is written. Syncs run on their own thread because dataplane calls block (netlink round trips,
-//! `nft` runs). The loop is rate-limited (a burst of announcements becomes one sync) and also wakes on a timer to
-//! repair drift and to finish drains whose connections have ended.
+//! The kernel is the only record that survives restarts and other people's edits, so `lb` diffs against what it
+//! reads there, and the diff of an unchanged kernel is empty, so nothing is written. Reading is the expensive
+//! part, though: listing an nftables table of 10,000 VIPs takes seconds, while writing one VIP's chain takes
+//! milliseconds. So the loop reads the kernel at start-up, after any failed sync, and on the repair timer, and in
+//! between diffs a change against the state the previous syncs left (what was read, plus the plans applied since).
+//! A one-backend change is then one small write. The repair timer also catches drift (someone else's edits) and
+//! finishes drains whose connections have ended; it never fires more often than 20 reads' worth of time, so a
+//! big ruleset is not re-read back to back.
+//!
+//! Syncs run on their own thread because dataplane calls block (netlink round trips, `nft` runs). The loop is
+//! rate-limited, so a burst of announcements becomes one sync.
 
 use crate::dataplane::{self, Dataplane, DataplaneError, DataplaneSettings, NFT_TABLE};
 use crate::locality::VipAddresses;
@@ -141,12 +147,12 @@ impl SyncHandle {
     }
 }
 
-/// Starts the sync loop on its own thread.
-pub fn spawn(kernel: Kernel, timing: LoopTiming, metrics: LbMetrics) -> std::io::Result<SyncHandle> {
+/// Starts the sync loop on its own thread. `observed` is a fresh reading of the kernel, if the caller has one.
+pub fn spawn(kernel: Kernel, timing: LoopTiming, metrics: LbMetrics, observed: Option<ObservedState>) -> std::io::Result<SyncHandle> {
     let (requests, receiver) = channel();
     let status = Arc::new(Mutex::new(SyncStatus { dataplane: kernel.dataplane_name(), ..SyncStatus::default() }));
-    let loop_status = Arc::clone(&status);
-    std::thread::Builder::new().name("lb-sync".to_owned()).spawn(move || run_loop(kernel, &receiver, timing, &metrics, &loop_status))?;
+    let mut syncer = Syncer { kernel, timing, metrics, status: Arc::clone(&status), known: observed, next_repair: Instant::now() + timing.repair_interval };
+    std::thread::Builder::new().name("lb-sync".to_owned()).spawn(move || syncer.run(&receiver))?;
     Ok(SyncHandle { requests, status })
 }
 
@@ -163,74 +169,110 @@ fn receive(receiver: &Receiver<Arc<SyncRequest>>, deadline: Instant, current: &m
     true
 }
 
-fn run_loop(mut kernel: Kernel, receiver: &Receiver<Arc<SyncRequest>>, timing: LoopTiming, metrics: &LbMetrics, status: &Mutex<SyncStatus>) {
-    let mut current: Option<Arc<SyncRequest>> = None;
-    let mut next_repair = Instant::now() + timing.repair_interval;
-    let mut retry_at: Option<Instant> = None;
-    let mut last_sync: Option<Instant> = None;
-    loop {
-        let deadline = retry_at.map_or(next_repair, |retry| retry.min(next_repair));
-        if !receive(receiver, deadline, &mut current) {
-            return;
-        }
-        let Some(request) = current.clone() else { continue };
-        // Rate limit: gather whatever else arrives during the pause into the same sync.
-        if let Some(last) = last_sync {
-            let pause = timing.min_interval.saturating_sub(last.elapsed());
-            if !pause.is_zero() && !receive(receiver, Instant::now() + pause, &mut current) {
+/// A full read of the kernel is spaced at least this many read-durations apart.
+const READS_BETWEEN_REPAIRS: u32 = 20;
+
+struct Syncer {
+    kernel: Kernel,
+    timing: LoopTiming,
+    metrics: LbMetrics,
+    status: Arc<Mutex<SyncStatus>>,
+    /// What the kernel holds, as of the last read plus the plans applied since; `None` forces a read.
+    known: Option<ObservedState>,
+    next_repair: Instant,
+}
+
+impl Syncer {
+    fn run(&mut self, receiver: &Receiver<Arc<SyncRequest>>) {
+        let mut current: Option<Arc<SyncRequest>> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut last_sync: Option<Instant> = None;
+        loop {
+            let deadline = retry_at.map_or(self.next_repair, |retry| retry.min(self.next_repair));
+            if !receive(receiver, deadline, &mut current) {
                 return;
             }
+            // Rate limit: gather whatever else arrives during the pause into the same sync.
+            if let Some(last) = last_sync {
+                let pause = self.timing.min_interval.saturating_sub(last.elapsed());
+                if !pause.is_zero() && !receive(receiver, Instant::now() + pause, &mut current) {
+                    return;
+                }
+            }
+            let Some(request) = current.clone() else { continue };
+            let started = Instant::now();
+            let outcome = self.sync_once(&request);
+            last_sync = Some(Instant::now());
+            self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+            retry_at = self.record(outcome).then(|| Instant::now() + self.timing.repair_interval.min(Duration::from_secs(1)));
         }
-        let request = current.clone().unwrap_or(request);
-        let repair = Instant::now() >= next_repair;
-        let started = Instant::now();
-        let outcome = sync_once(&mut kernel, &request, repair);
-        last_sync = Some(Instant::now());
-        if repair {
-            next_repair = Instant::now() + timing.repair_interval;
-        }
-        metrics.sync_duration.observe(started.elapsed().as_secs_f64());
-        let mut shared = status.lock().unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Records the outcome; returns whether the sync failed (and so must be retried).
+    fn record(&self, outcome: Result<Plan, DataplaneError>) -> bool {
+        let mut shared = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         shared.syncs += 1;
         match outcome {
             Ok(plan) => {
-                metrics.syncs.with_label_values(&["ok"]).inc();
-                record_plan(metrics, &plan);
+                self.metrics.syncs.with_label_values(&["ok"]).inc();
+                record_plan(&self.metrics, &plan);
                 shared.last_success_unix = Some(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
                 shared.last_plan_size = plan.len();
                 shared.last_error = None;
                 shared.conflicts = plan.conflicts.iter().map(ToString::to_string).collect();
-                retry_at = None;
+                false
             }
             Err(err) => {
-                metrics.syncs.with_label_values(&["error"]).inc();
+                self.metrics.syncs.with_label_values(&["error"]).inc();
                 let advice = if err.is_retryable() { "retrying" } else { "retrying, but this needs an operator" };
                 tracing::error!(error = %err, "kernel sync failed; {advice}");
                 shared.last_error = Some(err.to_string());
-                retry_at = Some(Instant::now() + timing.repair_interval.min(Duration::from_secs(1)));
+                true
             }
         }
     }
-}
 
-/// One sync: observe, plan, apply. Logs every change it makes.
-fn sync_once(kernel: &mut Kernel, request: &SyncRequest, repair: bool) -> Result<Plan, DataplaneError> {
-    if repair {
-        kernel.repair()?;
+    /// The kernel state to diff against: read afresh when due (or unknown), else the state previous syncs left.
+    fn kernel_state(&mut self) -> Result<ObservedState, DataplaneError> {
+        let repair = Instant::now() >= self.next_repair;
+        if let (false, Some(known)) = (repair, &self.known) {
+            return Ok(known.clone());
+        }
+        let started = Instant::now();
+        if repair {
+            self.kernel.repair()?;
+        }
+        let observed = self.kernel.observe()?;
+        let spacing = (started.elapsed() * READS_BETWEEN_REPAIRS).max(self.timing.repair_interval);
+        self.next_repair = Instant::now() + spacing;
+        Ok(observed)
     }
-    let observed = kernel.observe()?;
-    let plan = reconcile(&request.desired, &observed, kernel.options(request.complete));
-    for conflict in &plan.conflicts {
-        tracing::warn!(service = %conflict, "the kernel already has this service and lb does not own it; leaving it alone");
+
+    /// One sync: plan against the kernel state, apply, remember the result. Logs every change it makes.
+    fn sync_once(&mut self, request: &SyncRequest) -> Result<Plan, DataplaneError> {
+        let started = Instant::now();
+        if self.known.is_none() {
+            // After a failure the kernel may hold anything between the old and the new state: read it.
+            self.next_repair = Instant::now();
+        }
+        let mut state = self.kernel_state()?;
+        // Until this sync succeeds, the next one reads the kernel again.
+        self.known = None;
+        let plan = reconcile(&request.desired, &state, self.kernel.options(request.complete));
+        for conflict in &plan.conflicts {
+            tracing::warn!(service = %conflict, "the kernel already has this service and lb does not own it; leaving it alone");
+        }
+        if !plan.is_empty() {
+            for line in plan.to_string().lines() {
+                tracing::info!(change = line, "sync");
+            }
+            self.kernel.apply(&state, &plan)?;
+            tracing::info!(changes = plan.len(), seconds = started.elapsed().as_secs_f64(), "kernel updated");
+            plan.apply_to(&mut state);
+        }
+        self.known = Some(state);
+        Ok(plan)
     }
-    if plan.is_empty() {
-        return Ok(plan);
-    }
-    for line in plan.to_string().lines() {
-        tracing::info!(change = line, "sync");
-    }
-    kernel.apply(&observed, &plan)?;
-    Ok(plan)
 }
 
 fn record_plan(metrics: &LbMetrics, plan: &Plan) {

@@ -245,6 +245,11 @@ fn a_vip_reaches_both_cells_through_snat_and_follows_the_file() {
     assert_eq!(hosts.ruleset(), before);
     assert_eq!(names(&hosts.spread(VIP, 6)).len(), 2);
 
+    // Someone deletes lb's table by hand: the periodic repair (sync_interval: 2s) puts it back.
+    hosts.lb.sh("nft delete table inet switchyard");
+    assert!(wait_until(Duration::from_secs(10), || hosts.ruleset() == before), "the ruleset was not repaired:\n{}\n{}", hosts.ruleset(), lb.log());
+    assert_eq!(names(&hosts.spread(VIP, 6)).len(), 2);
+
     // Removing cell2 from the file takes it out of rotation on SIGHUP.
     hosts.write("lb.yaml", &config("", &web_vip(&[0])));
     lb.signal(nix::sys::signal::Signal::SIGHUP);
@@ -254,8 +259,8 @@ fn a_vip_reaches_both_cells_through_snat_and_follows_the_file() {
     assert_eq!(web["name"], "web");
     assert_eq!(web["backends"].as_array().unwrap().len(), 1);
     assert_eq!(web["backends"][0]["source"], "file");
-    // The empty VIP left the file: its service and (shared-nothing) address are gone.
-    assert!(!hosts.ruleset().contains("198.18.0.12"), "{}", hosts.ruleset());
+    // The empty VIP left the file: its service and its address (released just after the nft transaction) go.
+    assert!(wait_until(Duration::from_secs(5), || !hosts.ruleset().contains("198.18.0.12")), "{}", hosts.ruleset());
 }
 
 #[test]
@@ -358,8 +363,12 @@ fn announcements_and_published_vips_go_live_without_a_restart() {
     let lb_pid = lb.pid();
 
     // Cells announce their NodePort: both serve the VIP.
-    publish(&hosts.lb, vec![("lb.register".into(), announcement(0, 10001, "web", 0)), ("lb.register.web".into(), announcement(1, 10001, "web", 0))]);
-    assert!(wait_until(Duration::from_secs(10), || hosts.served_by(VIP, 6) == both()), "announced cells are not both served\n{}", lb.log());
+    // Like real cells, they repeat their announcements until lb (which subscribes once NATS is up) hears them.
+    let both_cells = || vec![("lb.register".into(), announcement(0, 10001, "web", 0)), ("lb.register.web".into(), announcement(1, 10001, "web", 0))];
+    assert!(wait_until(Duration::from_secs(10), || {
+        publish(&hosts.lb, both_cells());
+        hosts.served_by(VIP, 6) == both()
+    }), "announced cells are not both served\n{}", lb.log());
     let vips = status(&hosts.lb, "/vips").unwrap();
     assert!(vips["vips"][0]["backends"].as_array().unwrap().iter().all(|b| b["source"] == "nats"), "{vips}");
 
