@@ -1,13 +1,14 @@
 //! In-process HTTP backends on real loopback sockets, recording exactly what reached them.
 //!
 //! Tests assert at the backend: which headers arrived, whether a body arrived intact, how many requests each
-//! instance saw. The reply is programmable per request.
+//! instance saw. The reply is programmable per request. A backend speaks HTTP/1.1 by default, or HTTP/2 without
+//! TLS (h2c), or TLS with ALPN choosing HTTP/2 or HTTP/1.1 ([`Transport`]).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{HeaderMap, Request, Response, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -57,12 +58,14 @@ pub struct Reply {
     pub chunks: Option<Vec<Bytes>>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Trailers sent after the body (as gRPC sends its status).
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
     /// 200 with `body`.
     pub fn ok(body: impl Into<Bytes>) -> Self {
-        Self { status: 200, headers: Vec::new(), body: body.into(), chunks: None, delay: Duration::ZERO }
+        Self { status: 200, headers: Vec::new(), body: body.into(), chunks: None, delay: Duration::ZERO, trailers: None }
     }
 
     /// Adds a header.
@@ -88,6 +91,28 @@ impl Reply {
         self.chunks = Some(chunks);
         self
     }
+
+    /// Sends a trailer after the body.
+    pub fn trailer(mut self, name: &str, value: &str) -> Self {
+        let trailers = self.trailers.get_or_insert_with(HeaderMap::new);
+        trailers.append(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("valid trailer name"),
+            hyper::header::HeaderValue::from_str(value).expect("valid trailer value"),
+        );
+        self
+    }
+}
+
+/// How a backend speaks to the router.
+#[derive(Clone, Default)]
+pub enum Transport {
+    /// Plain HTTP/1.1.
+    #[default]
+    Http1,
+    /// Plain HTTP/2 with prior knowledge (h2c).
+    H2c,
+    /// TLS; HTTP/2 when ALPN picks `h2`, else HTTP/1.1.
+    Tls(Arc<rustls::ServerConfig>),
 }
 
 type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
@@ -114,17 +139,22 @@ impl TestBackend {
 
     /// A backend answering with `handler`.
     pub async fn start_with(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_speaking(Transport::Http1, handler).await
+    }
+
+    /// A backend speaking `transport`, answering with `handler`.
+    pub async fn start_speaking(transport: Transport, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend port");
-        Self::serve(listener, Arc::new(handler))
+        Self::serve(listener, transport, Arc::new(handler))
     }
 
     /// A backend on a specific loopback port (to revive a killed one at the same address).
     pub async fn start_on(port: u16, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind the requested backend port");
-        Self::serve(listener, Arc::new(handler))
+        Self::serve(listener, Transport::Http1, Arc::new(handler))
     }
 
-    fn serve(listener: TcpListener, handler: Handler) -> Self {
+    fn serve(listener: TcpListener, transport: Transport, handler: Handler) -> Self {
         let addr = listener.local_addr().expect("backend has an address");
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let tasks = Arc::new(Mutex::new(Vec::new()));
@@ -135,16 +165,23 @@ impl TestBackend {
                 let Ok((stream, peer)) = listener.accept().await else { continue };
                 let handler = Arc::clone(&handler);
                 let recorded = Arc::clone(&accept_recorded);
+                let transport = transport.clone();
                 let connection = tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                         let handler = Arc::clone(&handler);
                         let recorded = Arc::clone(&recorded);
                         async move { Ok::<_, Infallible>(answer(request, peer, &handler, &recorded).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    match transport {
+                        Transport::Http1 => serve_io(TokioIo::new(stream), false, service).await,
+                        Transport::H2c => serve_io(TokioIo::new(stream), true, service).await,
+                        Transport::Tls(config) => {
+                            // A failed handshake is what some tests are about; the router reports it.
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else { return };
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_io(TokioIo::new(tls), h2, service).await;
+                        }
+                    }
                 });
                 accept_tasks.lock().expect("task list lock").push(connection.abort_handle());
             }
@@ -187,6 +224,20 @@ impl Drop for TestBackend {
     }
 }
 
+async fn serve_io<I, S>(io: I, h2: bool, service: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ReplyBody> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await;
+    }
+}
+
 async fn answer(request: Request<Incoming>, peer: SocketAddr, handler: &Handler, recorded: &Mutex<Vec<Recorded>>) -> Response<ReplyBody> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
@@ -203,12 +254,14 @@ async fn answer(request: Request<Incoming>, peer: SocketAddr, handler: &Handler,
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let body = match reply.chunks {
-        Some(chunks) => {
-            let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+    let body = match (reply.chunks, reply.trailers) {
+        (None, None) => http_body_util::Either::Left(Full::new(reply.body)),
+        (chunks, trailers) => {
+            let chunks = chunks.unwrap_or_else(|| vec![reply.body]);
+            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+            frames.extend(trailers.map(|t| Ok(Frame::trailers(t))));
             http_body_util::Either::Right(StreamBody::new(futures_util::stream::iter(frames)))
         }
-        None => http_body_util::Either::Left(Full::new(reply.body)),
     };
     let mut response = Response::new(body);
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status).expect("test replies use valid statuses");

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod process;
 pub mod registrar;
 pub mod router;
+pub mod tls;
 pub mod vm;
 
 pub use backend::{Recorded, TestBackend};

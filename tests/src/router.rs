@@ -17,6 +17,9 @@ pub struct RouterProcess {
     pub status_port: u16,
     /// Where its access log goes.
     pub access_log: PathBuf,
+    /// HTTPS port, when the test's overrides set `ssl_port`.
+    pub ssl_port: Option<u16>,
+    keys: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -53,18 +56,24 @@ impl RouterProcess {
             ("access_log".into(), format!("{{file: {}}}", access_log.display())),
             ("worker_threads".into(), "2".into()),
         ];
-        for (key, value) in overrides {
-            match keys.iter_mut().find(|(k, _)| k == key) {
-                Some(entry) => entry.1 = (*value).to_owned(),
-                None => keys.push(((*key).to_owned(), (*value).to_owned())),
-            }
-        }
-        let yaml: String = keys.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
-        let config = dir.path().join("router.yml");
-        std::fs::write(&config, yaml).expect("write the router config");
+        apply_overrides(&mut keys, overrides);
+        let ssl_port = keys.iter().find(|(k, _)| k == "ssl_port").and_then(|(_, v)| v.parse().ok());
+        let config = write_config(dir.path(), &keys);
         let config_arg = config.display().to_string();
         let service = Service::spawn("router", &binary("router"), &["--config", &config_arg], &[], dir.path());
-        Self { service, port, status_port, access_log, dir }
+        Self { service, port, status_port, access_log, ssl_port, keys, dir }
+    }
+
+    /// Rewrites the config file with further overrides (the router picks TLS changes up without a restart).
+    pub fn rewrite_config(&self, overrides: &[(&str, &str)]) {
+        let mut keys = self.keys.clone();
+        apply_overrides(&mut keys, overrides);
+        write_config(self.dir.path(), &keys);
+    }
+
+    /// The HTTPS address (the test must have set `ssl_port`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ssl_port.expect("the router was started with an ssl_port override")))
     }
 
     /// The proxy address.
@@ -127,6 +136,25 @@ impl RouterProcess {
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(&self.access_log).unwrap_or_default()
     }
+}
+
+fn apply_overrides(keys: &mut Vec<(String, String)>, overrides: &[(&str, &str)]) {
+    for (key, value) in overrides {
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = (*value).to_owned(),
+            None => keys.push(((*key).to_owned(), (*value).to_owned())),
+        }
+    }
+}
+
+/// Writes the config atomically (a rename), so a router watching the file never reads half of it.
+fn write_config(dir: &std::path::Path, keys: &[(String, String)]) -> PathBuf {
+    let yaml: String = keys.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    let config = dir.join("router.yml");
+    let partial = dir.join("router.yml.partial");
+    std::fs::write(&partial, yaml).expect("write the router config");
+    std::fs::rename(&partial, &config).expect("move the router config into place");
+    config
 }
 
 /// The value of the first metric line starting with `prefix` (name plus optional labels).
