@@ -7,7 +7,7 @@
 use crate::http::Answer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, Version};
+use hyper::{Method, Request, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -140,9 +140,28 @@ pub struct TlsAnswer {
     pub server_cert: CertificateDer<'static>,
 }
 
-/// Connects with `sni`, then sends `GET <path>` for host `host` with extra `headers`: on HTTP/2 the host goes in
-/// `:authority` (no Host header), on HTTP/1.1 in Host.
+/// One request to send over TLS.
+pub struct Call<'a> {
+    /// Method.
+    pub method: Method,
+    /// Host: `:authority` on HTTP/2 (no Host header), Host on HTTP/1.1.
+    pub host: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// Extra headers.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Connects with `sni`, then sends `GET <path>` for `host` with extra `headers`.
 pub async fn get(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<TlsAnswer, String> {
+    send(addr, sni, config, Call { method: Method::GET, host, path, headers, body: Bytes::new() }).await
+}
+
+/// Connects with `sni` and sends `call` in whichever protocol ALPN chose. Response trailers are folded into the
+/// answer's headers with a `trailer-` prefix.
+pub async fn send(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>, call: Call<'_>) -> Result<TlsAnswer, String> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_owned())?
@@ -152,9 +171,14 @@ pub async fn get(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>, host: &
     let (_, session) = tls.get_ref();
     let server_cert = session.peer_certificates().and_then(<[_]>::first).cloned().ok_or("no server certificate")?;
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let builder = if h2 { Request::get(format!("https://{host}{path}")) } else { Request::get(path).header("host", host) };
+    let Call { method, host, path, headers, body } = call;
+    let builder = if h2 {
+        Request::builder().method(method).uri(format!("https://{host}{path}"))
+    } else {
+        Request::builder().method(method).uri(path).header("host", host)
+    };
     let builder = headers.iter().fold(builder, |b, (name, value)| b.header(*name, *value));
-    let request = builder.body(Full::new(Bytes::new())).map_err(|e| format!("request: {e}"))?;
+    let request = builder.body(Full::new(body)).map_err(|e| format!("request: {e}"))?;
     let io = TokioIo::new(tls);
     let response = if h2 {
         let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| format!("h2 handshake: {e}"))?;
@@ -171,7 +195,6 @@ pub async fn get(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>, host: &
     let collected = body.collect().await.map_err(|e| format!("body: {e}"))?;
     let trailers = collected.trailers().cloned();
     let mut headers = parts.headers;
-    // Trailers are folded into the headers with a `trailer-` prefix so tests can see them.
     for (name, value) in trailers.iter().flatten() {
         if let Ok(name) = hyper::header::HeaderName::from_bytes(format!("trailer-{name}").as_bytes()) {
             headers.append(name, value.clone());
