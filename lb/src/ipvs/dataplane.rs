@@ -1,13 +1,16 @@
 //! The `ipvs` dataplane: the reconciler's steps as IPVS netlink requests, one request per step.
 //!
-//! Nothing here decides. Observing reads every service the kernel holds (other people's too, so the reconciler can
-//! leave them alone) with the connection counts drains wait on; applying translates each step into exactly one
-//! request and sends them pipelined, so a one-backend change costs one netlink message and ten thousand objects
-//! cost a few dozen system calls. Around that sit the machine settings IPVS needs for SNAT (conntrack on, stale
+//! The reconciler decides; this module carries out. Observing reads every service the kernel holds (other
+//! people's too, so the reconciler can leave them alone) with the connection counts drains wait on; applying
+//! translates each step into exactly one request and sends them pipelined, so a one-backend change costs one
+//! netlink message and ten thousand objects cost a few dozen system calls. The one judgement made here is when a
+//! deleted backend may actually leave the kernel ([`super::drain`]), because only the kernel knows its connections
+//! at that moment. Around that sit the machine settings IPVS needs for SNAT (conntrack on, stale
 //! connections expired) and the masquerade set, which follows the services `lb` adds and deletes.
 
 use super::client::IpvsClient;
 use super::codec::Change;
+use super::drain::Drains;
 use super::error::IpvsError;
 use super::objects::{self, DestinationEntry, ServiceEntry, ServiceFlags};
 use super::snat;
@@ -39,12 +42,13 @@ pub struct IpvsDataplane {
     settings: DataplaneSettings,
     client: Option<IpvsClient>,
     traffic: Traffic,
+    drains: Drains,
 }
 
 impl IpvsDataplane {
     /// A dataplane that connects to the kernel when first used.
     pub fn new(settings: DataplaneSettings) -> Self {
-        Self { settings, client: None, traffic: Traffic::default() }
+        Self { settings, client: None, traffic: Traffic::default(), drains: Drains::default() }
     }
 
     /// Netlink requests sent by the current connection; the proof that an update costs what the plan says.
@@ -107,7 +111,7 @@ impl Dataplane for IpvsDataplane {
     fn observe(&mut self) -> Result<ObservedServices, DataplaneError> {
         let client = self.client()?;
         let start = client.requests_sent();
-        let result = observe_kernel(client);
+        let result = read_kernel(client);
         let sent = client.requests_sent() - start;
         self.traffic.count_requests(Purpose::Read, sent);
         match result {
@@ -123,6 +127,23 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn apply(&mut self, before: &ObservedServices, steps: &[Step]) -> Result<(), DataplaneError> {
+        self.client()?;
+        let Some(client) = self.client.as_mut() else { return Err(DataplaneError::Observe("the IPVS connection is gone".to_owned())) };
+        // Deletions are checked against the kernel's connection counts as they are now.
+        let start = client.requests_sent();
+        let held = self.drains.hold_busy(steps, Instant::now(), |service| {
+            let entries = client.destinations(&kernel_key(service))?;
+            Ok::<_, IpvsError>(entries.iter().map(|entry| (model_destination(&entry.destination.key), destination_traffic(entry))).collect())
+        });
+        self.traffic.count_requests(Purpose::Read, client.requests_sent() - start);
+        let steps = match held {
+            Ok(steps) => steps,
+            Err(error) => {
+                self.forget_on_socket_error(&error);
+                return Err(kernel_error("read connection counts before deleting backends", &error));
+            }
+        };
+        let steps = steps.as_slice();
         let changes: Vec<Change> = steps.iter().map(change_of).collect();
         let client = self.client()?;
         let (started, start) = (Instant::now(), client.requests_sent());
@@ -200,7 +221,7 @@ fn kernel_error(operation: &str, error: &IpvsError) -> DataplaneError {
 }
 
 /// Reads every service and its destinations, in the model's terms, with their counters.
-fn observe_kernel(client: &mut IpvsClient) -> Result<(ObservedServices, BTreeMap<ServiceKey, ServiceTraffic>), IpvsError> {
+pub(super) fn read_kernel(client: &mut IpvsClient) -> Result<(ObservedServices, BTreeMap<ServiceKey, ServiceTraffic>), IpvsError> {
     let mut services = ObservedServices::new();
     let mut traffic = BTreeMap::new();
     for entry in client.services()? {
@@ -245,18 +266,8 @@ fn read_service(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> (Obs
         scheduler: Scheduler::from_name(&service.scheduler).unwrap_or_default(),
         persistence: if persistent { Duration::from_secs(u64::from(service.timeout)) } else { Duration::ZERO },
     };
-    let traffic: BTreeMap<DestinationKey, DestinationTraffic> = destinations
-        .iter()
-        .map(|entry| {
-            let traffic = DestinationTraffic {
-                weight: entry.destination.weight,
-                active_connections: entry.active_connections,
-                inactive_connections: entry.inactive_connections,
-                stats: entry.stats,
-            };
-            (model_destination(&entry.destination.key), traffic)
-        })
-        .collect();
+    let traffic: BTreeMap<DestinationKey, DestinationTraffic> =
+        destinations.iter().map(|entry| (model_destination(&entry.destination.key), destination_traffic(entry))).collect();
     let observed = traffic
         .iter()
         .map(|(key, t)| {
@@ -269,6 +280,15 @@ fn read_service(entry: &ServiceEntry, destinations: &[DestinationEntry]) -> (Obs
         })
         .collect();
     (ObservedService { settings, destinations: observed, exclusive: false }, ServiceTraffic { stats: entry.stats, destinations: traffic })
+}
+
+fn destination_traffic(entry: &DestinationEntry) -> DestinationTraffic {
+    DestinationTraffic {
+        weight: entry.destination.weight,
+        active_connections: entry.active_connections,
+        inactive_connections: entry.inactive_connections,
+        stats: entry.stats,
+    }
 }
 
 fn model_destination(key: &objects::DestinationKey) -> DestinationKey {

@@ -1,12 +1,16 @@
 //! What IPVS says about the traffic it carries, kept for `/vips` and `/metrics`.
 //!
-//! The kernel counts connections, packets and bytes per service and per real server; each observe already reads
-//! them, so the dataplane keeps the latest reading here instead of asking the kernel again per scrape. The
+//! The kernel counts connections, packets and bytes per service and per real server. Every observe of the
+//! dataplane leaves its reading here; the sync loop reads the kernel only now and then, so a scrape or a `/vips`
+//! request older than [`FRESH_FOR`] re-reads it on a connection of its own (at most once per [`FRESH_FOR`], however
+//! many scrapers there are). The
 //! Prometheus collector turns the reading into metrics at scrape time, so a VIP that disappears stops being
 //! exported without anyone removing label sets by hand. The netlink request counters prove what an update cost:
 //! a one-backend change must show up as one write. Per backend, only what an operator acts on is exported
 //! (connections, weight, scheduled connections, bytes): at 10,000 backends every extra family is 10,000 series.
 
+use super::client::IpvsClient;
+use super::dataplane::read_kernel;
 use super::objects::Stats;
 use crate::model::{DestinationKey, ServiceKey};
 use prometheus::core::{Collector, Desc};
@@ -16,6 +20,10 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How old a reading may be before a scrape or `/vips` reads the kernel again.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Counters of one real server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -53,6 +61,14 @@ struct Shared {
     services: Mutex<BTreeMap<ServiceKey, ServiceTraffic>>,
     reads: AtomicU64,
     writes: AtomicU64,
+    reader: Mutex<Reader>,
+}
+
+/// The status side's own view of the kernel: a connection, and when the reading was last refreshed.
+#[derive(Default)]
+struct Reader {
+    client: Option<IpvsClient>,
+    refreshed: Option<Instant>,
 }
 
 /// The latest IPVS reading, shared between the dataplane (which writes it) and the status listener (which reads it).
@@ -65,16 +81,49 @@ impl Traffic {
     /// Replaces the reading with a fresh one.
     pub fn replace(&self, services: BTreeMap<ServiceKey, ServiceTraffic>) {
         *self.shared.services.lock().unwrap_or_else(PoisonError::into_inner) = services;
+        self.shared.reader.lock().unwrap_or_else(PoisonError::into_inner).refreshed = Some(Instant::now());
     }
 
-    /// The reading of every service.
+    /// The reading of every service, refreshed first if it is older than [`FRESH_FOR`].
     pub fn services(&self) -> BTreeMap<ServiceKey, ServiceTraffic> {
+        self.refresh();
         self.shared.services.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// The reading of one service.
+    /// The reading of one service, refreshed first if it is older than [`FRESH_FOR`].
     pub fn service(&self, key: &ServiceKey) -> Option<ServiceTraffic> {
+        self.refresh();
         self.shared.services.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    /// Reads the kernel again unless the reading is fresh. A failure keeps the old reading and is logged: counters
+    /// a little stale are better than a status page that fails.
+    fn refresh(&self) {
+        let mut reader = self.shared.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        if reader.refreshed.is_some_and(|at| at.elapsed() < FRESH_FOR) {
+            return;
+        }
+        reader.refreshed = Some(Instant::now());
+        if reader.client.is_none() {
+            match IpvsClient::connect() {
+                Ok(client) => reader.client = Some(client),
+                Err(error) => {
+                    tracing::debug!(%error, "could not read IPVS counters");
+                    return;
+                }
+            }
+        }
+        let Some(client) = reader.client.as_mut() else { return };
+        let start = client.requests_sent();
+        let reading = read_kernel(client);
+        self.count_requests(Purpose::Read, client.requests_sent() - start);
+        match reading {
+            Ok((_, services)) => *self.shared.services.lock().unwrap_or_else(PoisonError::into_inner) = services,
+            Err(error) => {
+                tracing::debug!(%error, "could not read IPVS counters");
+                reader.client = None;
+            }
+        }
     }
 
     /// Counts netlink requests sent.
