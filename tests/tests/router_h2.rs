@@ -2,6 +2,9 @@
 //! to HTTP/1.1 when h2 is off, and backends registered with `protocol: http2` are reached over h2 (h2c, or ALPN on
 //! TLS) so that gRPC-style exchanges, trailers included, pass end to end.
 
+// Helpers outside #[test] functions may panic too: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use bytes::Bytes;
 use hyper::{Method, Version};
 use switchyard_tests::backend::{Reply, Transport};

@@ -3,6 +3,9 @@
 //! signature for the same route through to the app and refuses the rest (tampered 502, expired 504, another
 //! route's 502). Without a secret, bound routes are refused rather than served around the service.
 
+// Helpers outside #[test] functions may panic too: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -2,6 +2,9 @@
 //! certificates and `X-Forwarded-Client-Cert`, backends verified by SAN (and removed when the SAN is wrong),
 //! backend mTLS, gorouter's statuses for TLS failures, and certificate reload without dropping connections.
 
+// Helpers outside #[test] functions may panic too: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -145,7 +148,8 @@ async fn forwarded_client_cert_follows_each_mode() {
     let client_cas = yaml_string(clients.pem());
 
     // (mode, plain HTTP, TLS without a certificate, TLS with one)
-    let matrix: [(&str, Option<&str>, Option<&str>, Option<&str>); 3] = [
+    type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let matrix: [Row<'_>; 3] = [
         ("always_forward", Some("spoofed"), Some("spoofed"), Some("spoofed")),
         ("forward", None, None, Some("spoofed")),
         ("sanitize_set", None, None, Some(&expected_cert)),
