@@ -44,7 +44,7 @@ for i in range(vips):
         print(f"      - {{host: 198.19.{b}.{1 + i % 250}, port: {10000 + i // 250}}}")
 PY
 
-in_ns nats-server -a 127.0.0.1 -p 4222 -js -sd "$WORK/js" > "$WORK/nats.log" 2>&1 &
+ip netns exec "$NS" nats-server -a 127.0.0.1 -p 4222 -js -sd "$WORK/js" > "$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 sleep 0.5
 
@@ -54,7 +54,7 @@ elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 t0=$(seconds); in_ns "$LB" plan --config "$WORK/lb.yaml" > "$WORK/plan1"; t1=$(seconds)
 echo "plan from empty ($VIPS VIPs x $BACKENDS backends): $(elapsed "$t0" "$t1")s  [$(sed -n 2p "$WORK/plan1")]"
 
-SWITCHYARD_LOG_FORMAT=json in_ns "$LB" run --config "$WORK/lb.yaml" > "$WORK/lb.log" 2>&1 &
+SWITCHYARD_LOG_FORMAT=json ip netns exec "$NS" "$LB" run --config "$WORK/lb.yaml" > "$WORK/lb.log" 2>&1 &
 PIDS+=($!)
 t0=$(seconds)
 until grep -q '"kernel updated"' "$WORK/lb.log"; do sleep 0.05; done

@@ -95,7 +95,7 @@ pub async fn plan(config_path: &Path) -> Result<String, LbError> {
         backends.len()
     );
     for rejection in &intent.rejected {
-        let _ = writeln!(out, "refused {:?} VIP `{}`: {}", rejection.source, rejection.vip, rejection.reason);
+        let _ = writeln!(out, "refused {} VIP `{}`: {}", rejection.source.as_str(), rejection.vip, rejection.reason);
     }
     out.push_str(&describe(&plan));
     Ok(out)

@@ -35,6 +35,18 @@ pub enum Source {
     Kernel,
 }
 
+impl Source {
+    /// The lowercase name, as `/vips` and metrics labels write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Kv => "kv",
+            Self::Nats => "nats",
+            Self::Kernel => "kernel",
+        }
+    }
+}
+
 /// Settings that shape how sources resolve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceSettings {

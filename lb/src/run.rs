@@ -290,8 +290,7 @@ impl Runner {
     fn record(&mut self, intent: &Intent) {
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         for source in [Source::File, Source::Kv] {
-            let label = if source == Source::File { "file" } else { "kv" };
-            self.metrics.vips.with_label_values(&[label]).set(count(intent.vips.iter().filter(|v| v.source == source).count()));
+            self.metrics.vips.with_label_values(&[source.as_str()]).set(count(intent.vips.iter().filter(|v| v.source == source).count()));
         }
         let backends: Vec<_> = intent.vips.iter().flat_map(|v| v.resolved_backends.iter()).collect();
         for health in [Health::Up, Health::Down] {
@@ -301,7 +300,7 @@ impl Runner {
         self.metrics.announcements.set(count(self.sources.announcement_count()));
         for rejection in &intent.rejected {
             if !self.last_rejected.contains(rejection) {
-                tracing::warn!(vip = %rejection.vip, source = ?rejection.source, reason = %rejection.reason, "refused");
+                tracing::warn!(vip = %rejection.vip, source = rejection.source.as_str(), reason = %rejection.reason, "refused");
             }
         }
         self.last_rejected.clone_from(&intent.rejected);

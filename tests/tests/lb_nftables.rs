@@ -455,11 +455,13 @@ fn a_bad_config_is_refused_before_the_kernel_is_touched() {
     for (text, key) in cases {
         let path = dir.path().join("lb.yaml");
         std::fs::write(&path, format!("dataplane: nftables\n{text}\n")).unwrap();
-        for command in ["run", "plan"] {
-            let output = lb.output(binary("lb").to_str().unwrap(), &[command, "--config", path.to_str().unwrap()]);
+        // `lb --config FILE` is `lb run --config FILE`.
+        for command in [&["run"][..], &["plan"], &[]] {
+            let args: Vec<&str> = command.iter().copied().chain(["--config", path.to_str().unwrap()]).collect();
+            let output = lb.output(binary("lb").to_str().unwrap(), &args);
             let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(2), "{command} {text}: {stderr}");
-            assert!(stderr.contains(&format!("config key `{key}`")), "{command} {text}: {stderr}");
+            assert_eq!(output.status.code(), Some(2), "{args:?} {text}: {stderr}");
+            assert!(stderr.contains(&format!("config key `{key}`")), "{args:?} {text}: {stderr}");
         }
     }
     assert_eq!(lb.sh("nft list tables; ip route show table local proto 83"), "");
