@@ -8,9 +8,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use switchyard_benches::routes::{Detail, Shape, build_registry, mixed_route, sample_requests};
+use switchyard_benches::routes::{Detail, LOOKUPS_PER_ITERATION, Shape, build_registry, mixed_route, sample_requests};
 
-const REQUESTS_PER_ITERATION: usize = 4096;
 const DEFAULT_SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 
 fn sizes() -> Vec<usize> {
@@ -22,7 +21,7 @@ fn sizes() -> Vec<usize> {
 
 fn route_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_lookup");
-    group.throughput(Throughput::Elements(REQUESTS_PER_ITERATION as u64));
+    group.throughput(Throughput::Elements(LOOKUPS_PER_ITERATION as u64));
     for size in sizes() {
         let registry = match build_registry(size, Detail::Minimal, mixed_route) {
             Ok(registry) => registry,
@@ -33,7 +32,7 @@ fn route_lookup(c: &mut Criterion) {
         };
         let table = registry.table();
         for shape in Shape::ALL {
-            let requests = sample_requests(shape, size, REQUESTS_PER_ITERATION);
+            let requests = sample_requests(shape, size, LOOKUPS_PER_ITERATION);
             group.bench_with_input(BenchmarkId::new(shape.name(), size), &requests, |b, requests| {
                 b.iter(|| {
                     let mut found = 0usize;

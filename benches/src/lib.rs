@@ -11,10 +11,12 @@
 
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod load;
 pub mod nats;
 pub mod peers;
 pub mod process;
+pub mod report;
 pub mod procstat;
 pub mod results;
 pub mod routes;

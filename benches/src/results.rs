@@ -106,9 +106,11 @@ pub struct RouteMemory {
 pub struct Ingest {
     /// Registrations published.
     pub registrations: usize,
+    /// How many became routable (fewer when the router lost some).
+    pub routable: usize,
     /// Seconds from the first publish until the server had the last one.
     pub publish_seconds: f64,
-    /// Seconds from the last publish until every route was routable.
+    /// Seconds from the last publish until the last routable route was in the table.
     pub routable_after_last_publish_seconds: f64,
     /// Registrations per second, first publish to all routable.
     pub registrations_per_second: f64,

@@ -13,6 +13,9 @@ use switchyard_router::registry::{Registry, RegistryConfig};
 use switchyard_router::route_key::RequestHost;
 use switchyard_router::table::RouteTable;
 
+/// Requests routed per iteration of the lookup benchmark (the report divides criterion's time by it).
+pub const LOOKUPS_PER_ITERATION: usize = 4096;
+
 /// The kinds of route a request can match, each exercising a different part of the lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {

@@ -22,7 +22,9 @@ pub fn percentile_of_sorted(sorted: &[f64], p: f64) -> Option<f64> {
         return None;
     }
     let count = sorted.len() as f64;
-    let rank = (p.clamp(0.0, 100.0) / 100.0 * count).ceil().max(1.0);
+    // The small subtraction keeps binary rounding (99.9% of 1000 = 999.0000000000001) from skipping a rank.
+    let rank = (p.clamp(0.0, 100.0) / 100.0 * count - 1e-9).ceil().max(1.0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "rank is in 1..=len")]
     let index = (rank as usize).saturating_sub(1).min(sorted.len() - 1);
     sorted.get(index).copied()
 }

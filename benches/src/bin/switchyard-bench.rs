@@ -6,9 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use switchyard_benches::error::BenchError;
-use switchyard_benches::peers::targets::Target;
+use std::net::SocketAddr;
+use switchyard_benches::ingest::{self, RouterUnderTest};
+use switchyard_benches::nats::Nats;
+use switchyard_benches::peers::targets::{self, Environment, Target};
 use switchyard_benches::peers::{self, Binaries, Plan};
-use switchyard_benches::results::{self, Logging};
+use switchyard_benches::report;
+use switchyard_benches::results::{self, Ingest, Logging};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-bench", about = "Measures Switchyard against its peers and at scale; see scripts/bench")]
@@ -43,6 +47,99 @@ enum Command {
         #[arg(long)]
         no_pin: bool,
     },
+    /// NATS ingest through a real router (release, one worker thread): bulk, then publish → routable latency.
+    Ingest {
+        /// Directory holding the release `router` and `sample-backend`.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// Results directory (ingest.json and the run's logs go here).
+        #[arg(long)]
+        results: PathBuf,
+        /// Registrations in the bulk run.
+        #[arg(long, default_value_t = 100_000)]
+        registrations: usize,
+        /// Messages per second in the latency run.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Messages in the latency run.
+        #[arg(long, default_value_t = 5000)]
+        samples: usize,
+    },
+    /// Writes BENCHMARKS.md and its plot from a results directory.
+    Report {
+        /// Results directory.
+        #[arg(long)]
+        results: PathBuf,
+        /// criterion's output directory (`<target dir>/criterion`).
+        #[arg(long)]
+        criterion: PathBuf,
+        /// Repository root: BENCHMARKS.md and benches/report/proxies.svg are written under it.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// How the run was made, for the report's first line.
+        #[arg(long, default_value = "")]
+        run: String,
+    },
+}
+
+const PLOT: &str = "benches/report/proxies.svg";
+
+fn run_report(results_dir: PathBuf, criterion: PathBuf, repo: PathBuf, run: String) -> Result<(), BenchError> {
+    let mut inputs = report::collect(&results_dir, &criterion)?;
+    inputs.run = run;
+    inputs.plot = PLOT.to_owned();
+    let write = |path: PathBuf, text: String| std::fs::write(&path, text).map_err(|source| BenchError::File { path, source });
+    if let Some(peers) = &inputs.peers {
+        let plot = repo.join(PLOT);
+        if let Some(dir) = plot.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| BenchError::File { path: dir.to_owned(), source })?;
+        }
+        write(plot, report::plot(peers))?;
+    }
+    write(repo.join("BENCHMARKS.md"), report::render(&inputs))
+}
+
+fn results_subdir(results_dir: &std::path::Path, name: &str) -> Result<PathBuf, BenchError> {
+    let dir = results_dir.join(name);
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::File { path: dir.clone(), source })?;
+    Ok(dir)
+}
+
+fn run_ingest(bin_dir: PathBuf, results_dir: PathBuf, registrations: usize, rate: f64, samples: usize) -> Result<(), BenchError> {
+    let logs = results_subdir(&results_dir, "ingest-logs")?;
+    let runtime = peers::client_runtime()?;
+    let nats = Nats::start(&logs, None)?;
+    let (_backend, backend_port) = peers::start_backend(&bin_dir.join("sample-backend"), &logs, None)?;
+    let router_binary = bin_dir.join("router");
+    let env = Environment { dir: &logs, backend_port, router_binary: &router_binary, nats: &nats, proxy_cpus: None, wide_cpus: None, runtime: &runtime };
+    let router = targets::start(Target::Router(1), Logging::Off, &env)?;
+    let status_port = router.status_port.ok_or_else(|| BenchError::BadRun { what: "ingest".to_owned(), problem: "the router has no status port".to_owned() })?;
+    let under_test = RouterUnderTest {
+        proxy: SocketAddr::from(([127, 0, 0, 1], router.port)),
+        status: SocketAddr::from(([127, 0, 0, 1], status_port)),
+        backend_port,
+    };
+    let measured = runtime.block_on(async {
+        let client = nats.client().await?;
+        eprintln!("-- bulk: {registrations} registrations");
+        let bulk = ingest::bulk(&client, under_test, "bulk", registrations).await?;
+        eprintln!(
+            "   published in {:.3}s; {} of {registrations} routable, the last {:.3}s after the last publish; {:.0} registrations/s",
+            bulk.publish_seconds, bulk.routable, bulk.routable_after_last_publish_seconds, bulk.registrations_per_second
+        );
+        eprintln!("-- publish → routable latency: {samples} new routes at {rate}/s");
+        let latency = ingest::latency(&client, under_test, "lat", rate, samples, 4).await?;
+        eprintln!("   p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", latency.p50_ms, latency.p99_ms, latency.max_ms);
+        Ok::<_, BenchError>(Ingest {
+            registrations,
+            routable: bulk.routable,
+            publish_seconds: bulk.publish_seconds,
+            routable_after_last_publish_seconds: bulk.routable_after_last_publish_seconds,
+            registrations_per_second: bulk.registrations_per_second,
+            latency,
+        })
+    })?;
+    results::save(&results_dir.join("ingest.json"), &measured)
 }
 
 fn run_peers(bin_dir: PathBuf, results_dir: PathBuf, rounds: u32, seconds: u64, latency_seconds: u64, connections: u32, no_pin: bool) -> Result<(), BenchError> {
@@ -60,8 +157,7 @@ fn run_peers(bin_dir: PathBuf, results_dir: PathBuf, rounds: u32, seconds: u64, 
         wide_cpus: pin.then(|| "0,1".to_owned()),
         load_cpus: pin.then(|| "1".to_owned()),
     };
-    let logs = results_dir.join("peers-logs");
-    std::fs::create_dir_all(&logs).map_err(|source| BenchError::File { path: logs.clone(), source })?;
+    let logs = results_subdir(&results_dir, "peers-logs")?;
     let router = bin_dir.join("router");
     let backend = bin_dir.join("sample-backend");
     let measured = peers::run(&plan, &Binaries { router: &router, backend: &backend }, &logs)?;
@@ -74,6 +170,8 @@ fn main() -> ExitCode {
         Command::Peers { bin_dir, results, rounds, seconds, latency_seconds, connections, no_pin } => {
             run_peers(bin_dir, results, rounds, seconds, latency_seconds, connections, no_pin)
         }
+        Command::Ingest { bin_dir, results, registrations, rate, samples } => run_ingest(bin_dir, results, registrations, rate, samples),
+        Command::Report { results, criterion, repo, run } => run_report(results, criterion, repo, run),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -100,19 +100,30 @@ impl Drop for Scraper {
     }
 }
 
-/// Runs the comparison. Progress goes to stderr.
-pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Peers> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the harness's own NATS and HTTP clients run on (one thread; the harness is not the load).
+pub fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|source| BenchError::Spawn { what: "a tokio runtime".to_owned(), source })?;
+        .map_err(|source| BenchError::Spawn { what: "a tokio runtime".to_owned(), source })
+}
+
+/// Starts the sample backend (one thread) on a free port, pinned to `cpus`.
+pub fn start_backend(binary: &Path, dir: &Path, cpus: Option<&str>) -> Result<(Spawned, u16)> {
+    let port = free_port()?;
+    let args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--threads".to_owned(), "1".to_owned()];
+    let process = Spawned::start("backend", pinned(&binary.display().to_string(), &args, cpus), dir)?;
+    wait_for_port("sample-backend", port, Duration::from_secs(10))?;
+    Ok((process, port))
+}
+
+/// Runs the comparison. Progress goes to stderr.
+pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Peers> {
+    let runtime = client_runtime()?;
     let load_cpus = plan.load_cpus.as_deref();
     let nats = Nats::start(dir, load_cpus)?;
-    let backend_port = free_port()?;
-    let backend_args = vec!["--listen".to_owned(), format!("127.0.0.1:{backend_port}"), "--threads".to_owned(), "1".to_owned()];
-    let mut backend = Spawned::start("backend", pinned(&binaries.backend.display().to_string(), &backend_args, load_cpus), dir)?;
-    wait_for_port("sample-backend", backend_port, Duration::from_secs(10))?;
+    let (mut backend, backend_port) = start_backend(binaries.backend, dir, load_cpus)?;
     let env = Environment {
         dir,
         backend_port,
