@@ -12,6 +12,7 @@ use crate::access_log::AccessLog;
 use crate::metrics::{LocalMetrics, RouterMetrics};
 use crate::proxy::activity::{Activity, Timeouts, TimedIo};
 use crate::proxy::xfcc::ClientCert;
+use crate::proxy::body::ResponseBody;
 use crate::proxy::{ConnInfo, Proxy, body, upstream};
 use crate::tls::frontend::ALPN_H2;
 use arc_swap::ArcSwap;
@@ -214,20 +215,32 @@ async fn serve_tls(serving: &Serving, stream: TcpStream, client: SocketAddr, con
     }
 }
 
+/// The request handler of one connection, whichever protocol it speaks.
+fn handler(
+    serving: &Serving,
+    conn: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<ResponseBody>, Infallible>> + Send + 'static,
+> {
+    let proxy = Arc::clone(&serving.proxy);
+    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) }
+    })
+}
+
 async fn serve_http1<T>(serving: &Serving, io: T, conn: Arc<ConnInfo>) -> Result<(), hyper::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy = Arc::clone(&serving.proxy);
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) }
-    });
     let connection = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
         .max_buf_size(serving.max_buf_size)
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(io), handler(serving, conn))
         .with_upgrades();
     until_drained(connection, &serving.drain, |connection| connection.graceful_shutdown()).await
 }
@@ -236,15 +249,9 @@ async fn serve_http2<T>(serving: &Serving, io: T, conn: Arc<ConnInfo>) -> Result
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy = Arc::clone(&serving.proxy);
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) }
-    });
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_header_list_size(u32::try_from(serving.max_buf_size).unwrap_or(u32::MAX))
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), handler(serving, conn));
     until_drained(connection, &serving.drain, |connection| connection.graceful_shutdown()).await
 }
 
