@@ -83,7 +83,14 @@ async fn an_h2_client_gets_h2_with_the_same_routing_and_headers() {
     let body = Bytes::from(vec![b'x'; 200_000]);
     let answer = edge.send(Call { method: Method::POST, host: "echo.example.com", path: "/", headers: &[], body: body.clone() }).await;
     assert_eq!(answer.answer.body, body);
-    let log = edge.router.access_log();
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = edge.router.access_log();
+        if log.lines().count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(log.contains("\"GET /api/users?id=7 HTTP/2.0\""), "{log}");
 }
 
