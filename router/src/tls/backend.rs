@@ -121,3 +121,25 @@ impl BackendTls {
         TlsConnector::from(Arc::clone(config)).connect(server_name, stream).await.map_err(|err| TlsFailure::classify(&err, name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription, CertificateError, Error};
+
+    fn io(err: Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, err)
+    }
+
+    #[test]
+    fn handshake_errors_sort_into_gorouters_cases() {
+        assert_eq!(TlsFailure::classify(&io(Error::InvalidCertificate(CertificateError::NotValidForName)), "a.internal"), TlsFailure::NameMismatch("a.internal".into()));
+        assert!(matches!(TlsFailure::classify(&io(Error::InvalidCertificate(CertificateError::UnknownIssuer)), "a"), TlsFailure::Untrusted(_)));
+        assert!(matches!(TlsFailure::classify(&io(Error::InvalidCertificate(CertificateError::Expired)), "a"), TlsFailure::Untrusted(_)));
+        assert!(matches!(TlsFailure::classify(&io(Error::AlertReceived(AlertDescription::CertificateRequired)), "a"), TlsFailure::ClientCertRejected(_)));
+        assert!(matches!(TlsFailure::classify(&io(Error::AlertReceived(AlertDescription::HandshakeFailure)), "a"), TlsFailure::Handshake(_)));
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(matches!(TlsFailure::classify(&reset, "a"), TlsFailure::Handshake(_)));
+        assert_eq!(TlsFailure::Untrusted(String::new()).kind(), "tls_untrusted");
+    }
+}
