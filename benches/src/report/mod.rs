@@ -44,6 +44,8 @@ pub struct Inputs {
     pub ipvs: Option<String>,
     /// Output of the TLS handshake benchmark.
     pub tls: Option<String>,
+    /// Stages of the run that failed, one per line.
+    pub failures: Option<String>,
     /// File name of the plot, relative to BENCHMARKS.md.
     pub plot: String,
 }
@@ -262,6 +264,9 @@ pub fn render(inputs: &Inputs) -> String {
          the run measured.\n",
         inputs.run
     );
+    if let Some(failures) = &inputs.failures {
+        let _ = writeln!(md, "**Stages that failed in this run** (their sections say \"not run\"):\n\n{}\n", failures.trim());
+    }
     let _ = writeln!(md, "## Targets (issue 6)\n\n| target | goal | measured | |\n|---|---|---|---|");
     let mut targets = Vec::new();
     if let Some(peers) = &inputs.peers {
@@ -392,9 +397,14 @@ pub fn render(inputs: &Inputs) -> String {
     md.push_str("## TLS handshakes with many SNI certificates\n\n");
     match &inputs.tls {
         Some(text) => {
-            let _ = writeln!(md, "```\n{}\n```\n", text.trim());
+            let _ = writeln!(
+                md,
+                "`tls-handshakes`: full handshakes (no resumption) against the release router, one worker thread, with 1 and with \
+                 1,000 certificates chosen by SNI; each handshake is verified against the name asked for.\n\n{}\n",
+                text.trim()
+            );
         }
-        None => md.push_str("No TLS handshake benchmark exists under benches/ yet; nothing measured.\n\n"),
+        None => md.push_str("The TLS handshake benchmark (`tls-handshakes`) did not produce numbers in this run.\n\n"),
     }
 
     md.push_str("## Machine\n\n| | |\n|---|---|\n");
@@ -434,6 +444,7 @@ pub fn collect(results_dir: &Path, criterion_dir: &Path) -> Result<Inputs> {
         lb: text("lb.txt"),
         ipvs: text("ipvs.txt"),
         tls: text("tls.txt"),
+        failures: text("failures.txt"),
         plot: String::new(),
     })
 }
