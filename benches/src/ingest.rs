@@ -79,6 +79,7 @@ pub async fn bulk(nats_client: &async_nats::Client, router: RouterUnderTest, run
             (seen, last_growth) = (now, Instant::now());
         }
     }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a route count, small and non-negative")]
     let routable = (seen - before).max(0.0) as usize;
     let mut proxy = Client::new(router.proxy);
     let mut served = 0;

@@ -72,11 +72,12 @@ fn latency_median(peers: &Peers, target: &str, logging: Logging, value: impl Fn(
 
 fn number(value: f64) -> String {
     if value >= 100.0 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "report figures are far below u64::MAX")]
         let whole = value.round() as u64;
         let text = whole.to_string();
         let mut grouped = String::new();
         for (index, digit) in text.chars().enumerate() {
-            if index > 0 && (text.len() - index) % 3 == 0 {
+            if index > 0 && (text.len() - index).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(digit);
