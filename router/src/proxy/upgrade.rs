@@ -41,7 +41,7 @@ pub(super) async fn tunnel(
         tried.add(index);
         let Some(endpoint) = pool.endpoint(index) else { break };
         headers::add_endpoint(request.headers_mut(), endpoint);
-        let mut connection = match proxy.dialer.connect(&endpoint.upstream().as_http1(), true).await {
+        let mut connection = match Box::pin(proxy.dialer.connect(&endpoint.upstream().as_http1(), true)).await {
             Ok(connection) => connection,
             Err(error) => {
                 proxy.blame(endpoint, &error.into());

@@ -12,6 +12,7 @@ use crate::endpoint::UpstreamKey;
 use crate::proxy::body::RequestBody;
 use crate::tls::{BackendTls, TlsFailure};
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -72,10 +74,10 @@ fn make_absolute(request: &mut Request<RequestBody>, tls: bool) {
 
 impl Pooled {
     /// Waits until the connection can take a request; an error means it is closed.
-    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+    pub fn ready(&mut self) -> impl Future<Output = Result<(), hyper::Error>> + '_ {
         match &mut self.sender {
-            Sender::Http1(sender) => sender.ready().await,
-            Sender::Http2(sender) => sender.ready().await,
+            Sender::Http1(sender) => Either::Left(sender.ready()),
+            Sender::Http2(sender) => Either::Right(sender.ready()),
         }
     }
 
@@ -85,18 +87,21 @@ impl Pooled {
     }
 
     /// Sends a request. If it could not be written at all, the error gives it back.
-    pub async fn send(&mut self, mut request: Request<RequestBody>) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+    ///
+    /// Not an `async fn`: the returned future is hyper's own (the HTTP/2 one boxed), so the request is not held
+    /// twice in every request's state, which would be copied around with it.
+    pub fn send(&mut self, mut request: Request<RequestBody>) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
         match &mut self.sender {
             Sender::Http1(sender) => {
                 // A request that was offered to an HTTP/2 endpoint first carries an absolute target.
                 if request.uri().scheme().is_some() {
                     *request.uri_mut() = origin_form(request.uri());
                 }
-                sender.try_send_request(request).await
+                Either::Left(sender.try_send_request(request))
             }
             Sender::Http2(sender) => {
                 make_absolute(&mut request, self.key.tls_name.is_some());
-                sender.try_send_request(request).await
+                Either::Right(Box::pin(sender.try_send_request(request)))
             }
         }
     }
