@@ -166,12 +166,38 @@ fn scale_targets(inputs: &Inputs, out: &mut Vec<Target>) {
         ),
         met: ingest.map(|i| i.routable == i.registrations && i.routable_after_last_publish_seconds <= 1.0),
     });
+    let lb = inputs.lb.as_deref();
+    let first_sync = lb.and_then(|text| figure_after(text, "first sync from empty: "));
+    out.push(Target {
+        what: "LB: 10k VIPs × 10 backends, plan + nftables sync from empty (nft_scale.sh's first sync)".to_owned(),
+        goal: "≤ 1 s".to_owned(),
+        measured: first_sync.map_or_else(|| "–".to_owned(), |s| format!("{s:.2} s")),
+        met: first_sync.map(|s| s <= 1.0),
+    });
+    let change = lb.and_then(|text| text.lines().find(|line| line.contains("announcement to applied"))).and_then(|line| figure_after(line, "median "));
+    out.push(Target {
+        what: "LB: a single-backend change applied after the announcement (median)".to_owned(),
+        goal: "≤ 20 ms".to_owned(),
+        measured: change.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.1} ms")),
+        met: change.map(|ms| ms <= 20.0),
+    });
     out.push(Target {
         what: "publish → routable p99 at 1k msgs/s".to_owned(),
         goal: "≤ 5 ms".to_owned(),
         measured: ingest.map_or_else(|| "–".to_owned(), |i| format!("{:.2} ms", i.latency.p99_ms)),
         met: ingest.map(|i| i.latency.p99_ms <= 5.0),
     });
+}
+
+/// The number at the start of `text` (digits and a point).
+fn leading_number(text: &str) -> Option<f64> {
+    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    text.get(..end)?.parse().ok()
+}
+
+/// The number that follows `label` in the LB script's output.
+fn figure_after(text: &str, label: &str) -> Option<f64> {
+    leading_number(text.split(label).nth(1)?)
 }
 
 fn peer_tables(md: &mut String, peers: &Peers) {
@@ -277,8 +303,7 @@ pub fn render(inputs: &Inputs) -> String {
     for t in &targets {
         let _ = writeln!(md, "| {} | {} | {} | {} |", t.what, t.goal, t.measured, verdict(t.met));
     }
-    let _ = writeln!(md, "| LB: 10k VIPs × 10 backends, plan + nftables sync from empty | ≤ 1 s | see [LB](#lb) | |");
-    let _ = writeln!(md, "| LB: a single-backend change applied after the announcement | ≤ 20 ms | see [LB](#lb) | |\n");
+    md.push('\n');
 
     let _ = writeln!(md, "## Proxies: router vs nginx vs haproxy\n");
     match &inputs.peers {
@@ -419,7 +444,10 @@ pub fn render(inputs: &Inputs) -> String {
 const SETUP: &str = "How the proxies are set up: one backend (`sample-backend`, hyper, one thread, a 35-byte body) behind every \
 proxy on loopback. nginx: one worker, upstream keep-alive (64 idle connections), Host-based `server`, no per-connection \
 request limit. haproxy: `nbthread 1`, `http-reuse always`, a Host ACL. Both add X-Forwarded-For, X-Forwarded-Proto and a \
-request id; the router adds what gorouter adds (X-Forwarded-*, X-Request-Start, X-Vcap-Request-Id, X-CF-*). The router \
+request id; the router adds what gorouter adds (X-Forwarded-*, X-Request-Start, X-Vcap-Request-Id, X-CF-*). \
+On this 2-core machine the two-thread router shares CPU 1 with the backend and the load generators, so its figures \
+show contention rather than scaling: judging the 1.7× scaling target needs at least 4 cores (2 for the router, 2 for \
+the load). The router \
 learns its route from a real nats-server. CPU per request is the growth of the proxy process's utime+stime in \
 /proc/<pid>/stat (all threads; nginx's worker) over a wrk run, divided by the requests wrk counted. \"On\": nginx writes a \
 buffered access log (64k buffer, 1 s flush), haproxy logs `option httplog` lines to stdout redirected to a file, the router \
@@ -547,6 +575,16 @@ mod tests {
         assert!(md.contains("0.400 s, 90000 of 100000 routable | **missed** |"));
         assert!(md.contains("10,000 registrations were lost"));
         assert!(md.contains("| 1,000,000 | 90 | – | 180 |"));
+    }
+
+    #[test]
+    fn lb_figures_are_read_from_the_scale_script() {
+        let lb = "plan from empty (10000 VIPs x 10 backends): 0.774s  [120000 changes:]\n\
+                  first sync from empty: 21.008372905s for 120000 changes; process start to converged: 21.601s\n\
+                  single-backend change, announcement to applied (20 samples): median 170.5 ms, p90 180.2 ms, max 187.1 ms\n";
+        let md = render(&Inputs { lb: Some(lb.to_owned()), ..Inputs::default() });
+        assert!(md.contains("| ≤ 1 s | 21.01 s | **missed** |"), "{md}");
+        assert!(md.contains("| ≤ 20 ms | 170.5 ms | **missed** |"));
     }
 
     #[test]
