@@ -7,7 +7,8 @@
 //! sets, so a check and the number it guards describe the same thing.
 //!
 //! The binaries: `sample-backend` (the app behind every proxy, also used by `scripts/run`), `route-memory`
-//! (bytes per route under a counting allocator), and `switchyard-bench` (peer comparison, ingest, report).
+//! (bytes per route under a counting allocator), `switchyard-bench` (peer comparison, ingest, report), and
+//! `tls-handshakes` (handshake cost with 1 and 1,000 SNI certificates).
 
 pub mod error;
 pub mod http;

@@ -106,14 +106,15 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-struct Target {
+/// One of the targets and how this run did against it.
+struct Goal {
     what: String,
     goal: String,
     measured: String,
     met: Option<bool>,
 }
 
-fn peer_targets(peers: &Peers, out: &mut Vec<Target>) {
+fn peer_targets(peers: &Peers, out: &mut Vec<Goal>) {
     let rps = |t: &str, l| saturation_median(peers, t, l, |r| Some(r.requests_per_second));
     let cpu = |t: &str, l| saturation_median(peers, t, l, |r| r.cpu_us_per_request);
     let p99 = |t: &str, l| latency_median(peers, t, l, |r| r.p99_ms);
@@ -124,7 +125,7 @@ fn peer_targets(peers: &Peers, out: &mut Vec<Target>) {
         };
         for peer in ["nginx", "haproxy"] {
             let r = ratio(cpu("router-1t", logging), cpu(peer, logging));
-            out.push(Target {
+            out.push(Goal {
                 what: format!("router CPU/request vs {peer} ({suffix})"),
                 goal: "≤ 0.80×".to_owned(),
                 measured: times(r),
@@ -132,32 +133,32 @@ fn peer_targets(peers: &Peers, out: &mut Vec<Target>) {
             });
         }
         let r = ratio(rps("router-1t", logging), rps("nginx", logging));
-        out.push(Target { what: format!("router throughput, 1 thread, vs nginx ({suffix})"), goal: "≥ 1.20×".to_owned(), measured: times(r), met: r.map(|r| r >= 1.2) });
+        out.push(Goal { what: format!("router throughput, 1 thread, vs nginx ({suffix})"), goal: "≥ 1.20×".to_owned(), measured: times(r), met: r.map(|r| r >= 1.2) });
         let r = ratio(rps("router-2t", logging), rps("router-1t", logging));
-        out.push(Target { what: format!("router 2 threads vs its 1 thread ({suffix})"), goal: "≥ 1.70×".to_owned(), measured: times(r), met: r.map(|r| r >= 1.7) });
+        out.push(Goal { what: format!("router 2 threads vs its 1 thread ({suffix})"), goal: "≥ 1.70×".to_owned(), measured: times(r), met: r.map(|r| r >= 1.7) });
         let r = ratio(p99("router-1t", logging), p99("nginx", logging));
-        out.push(Target { what: format!("router p99 at the fixed rate vs nginx ({suffix})"), goal: "≤ 1.00×".to_owned(), measured: times(r), met: r.map(|r| r <= 1.0) });
+        out.push(Goal { what: format!("router p99 at the fixed rate vs nginx ({suffix})"), goal: "≤ 1.00×".to_owned(), measured: times(r), met: r.map(|r| r <= 1.0) });
     }
 }
 
-fn scale_targets(inputs: &Inputs, out: &mut Vec<Target>) {
+fn scale_targets(inputs: &Inputs, out: &mut Vec<Goal>) {
     let million: Vec<&Lookup> = inputs.lookups.iter().filter(|l| l.routes == 1_000_000).collect();
     let worst = million.iter().map(|l| l.median_ns).reduce(f64::max);
-    out.push(Target {
+    out.push(Goal {
         what: "route lookup at 1M routes, slowest kind (median)".to_owned(),
         goal: "≤ 150 ns".to_owned(),
         measured: worst.map_or_else(|| "–".to_owned(), |ns| format!("{ns:.0} ns")),
         met: worst.map(|ns| ns <= 150.0),
     });
     let memory = inputs.memory.as_ref();
-    out.push(Target {
+    out.push(Goal {
         what: "route-table memory per route at 1M routes (minimal registrations)".to_owned(),
         goal: "≤ 300 B".to_owned(),
         measured: memory.map_or_else(|| "–".to_owned(), |m| format!("{:.0} B", m.minimal_bytes_per_route)),
         met: memory.map(|m| m.minimal_bytes_per_route <= 300.0),
     });
     let ingest = inputs.ingest.as_ref();
-    out.push(Target {
+    out.push(Goal {
         what: format!("{} registrations routable after the last publish", ingest.map_or(100_000, |i| i.registrations)),
         goal: "≤ 1 s, all of them".to_owned(),
         measured: ingest.map_or_else(
@@ -168,20 +169,20 @@ fn scale_targets(inputs: &Inputs, out: &mut Vec<Target>) {
     });
     let lb = inputs.lb.as_deref();
     let first_sync = lb.and_then(|text| figure_after(text, "first sync from empty: "));
-    out.push(Target {
+    out.push(Goal {
         what: "LB: 10k VIPs × 10 backends, plan + nftables sync from empty (nft_scale.sh's first sync)".to_owned(),
         goal: "≤ 1 s".to_owned(),
         measured: first_sync.map_or_else(|| "–".to_owned(), |s| format!("{s:.2} s")),
         met: first_sync.map(|s| s <= 1.0),
     });
     let change = lb.and_then(|text| text.lines().find(|line| line.contains("announcement to applied"))).and_then(|line| figure_after(line, "median "));
-    out.push(Target {
+    out.push(Goal {
         what: "LB: a single-backend change applied after the announcement (median)".to_owned(),
         goal: "≤ 20 ms".to_owned(),
         measured: change.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.1} ms")),
         met: change.map(|ms| ms <= 20.0),
     });
-    out.push(Target {
+    out.push(Goal {
         what: "publish → routable p99 at 1k msgs/s".to_owned(),
         goal: "≤ 5 ms".to_owned(),
         measured: ingest.map_or_else(|| "–".to_owned(), |i| format!("{:.2} ms", i.latency.p99_ms)),
