@@ -1,9 +1,11 @@
 //! A real `nats-server` per test, on a free loopback port, that the test may stop and restart.
 
-use crate::process::{Service, free_port, wait_for_port};
-use std::net::SocketAddr;
+use crate::process::{Service, free_port, wait_until};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// What `nats-server` logs once it accepts clients on its own port.
+const READY_LINE: &str = "Server is ready";
 
 /// A running (or stopped) NATS server owned by one test.
 pub struct NatsServer {
@@ -87,9 +89,20 @@ impl NatsServer {
             args.extend(["-js", "-sd", store.as_str()]);
         }
         let name = format!("nats-server-{}", self.starts);
-        let service = Service::spawn(&name, &binary, &args, &[], self.dir.path());
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        assert!(wait_for_port(addr, Duration::from_secs(10)), "nats-server did not start on {addr}:\n{}", service.log());
+        let mut service = Service::spawn(&name, &binary, &args, &[], self.dir.path());
+        // An open port alone proves nothing: tests run side by side, and another test's process may have taken the
+        // port between `free_port` and this start. Only the server's own "ready" line says the port is its own.
+        let ready = wait_until(Duration::from_secs(10), || service.log().contains(READY_LINE) || !service.is_running());
+        if !ready || !service.log().contains(READY_LINE) {
+            let log = service.log();
+            if self.starts == 1 && log.contains("address already in use") {
+                // First start only: nothing depends on the port yet, so take another one.
+                self.starts = 0;
+                self.port = free_port();
+                return self.resume();
+            }
+            panic!("nats-server did not start on 127.0.0.1:{}:\n{log}", self.port);
+        }
         self.service = Some(service);
     }
 
