@@ -10,6 +10,7 @@ use crate::duration;
 use crate::error::{ConfigError, Validate};
 use crate::load::{Loaded, parse_json};
 use crate::messages::check_vip_name;
+use crate::nats_auth::NatsAuthKeys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -84,6 +85,14 @@ pub struct LbNatsConfig {
     pub user: String,
     /// Password for all servers.
     pub pass: String,
+    /// Connect with TLS.
+    pub tls_enabled: bool,
+    /// PEM CA certificates that sign the servers' certificates.
+    pub ca_certs: String,
+    /// PEM client certificate chain, for servers that verify clients.
+    pub cert_chain: String,
+    /// PEM client private key.
+    pub private_key: String,
     /// JetStream key-value bucket holding operator-published VIPs.
     pub vip_bucket: String,
     /// Switchyard's own: also accept announcements on the unscoped `lb.register` / `lb.unregister` subjects
@@ -95,12 +104,30 @@ pub struct LbNatsConfig {
     pub max_message_bytes: usize,
 }
 
+impl LbNatsConfig {
+    /// The credential and TLS keys, checked as the router checks its own.
+    pub fn auth_keys(&self) -> NatsAuthKeys<'_> {
+        NatsAuthKeys {
+            user: &self.user,
+            pass: &self.pass,
+            tls_enabled: self.tls_enabled,
+            ca_certs: &self.ca_certs,
+            cert_chain: &self.cert_chain,
+            private_key: &self.private_key,
+        }
+    }
+}
+
 impl Default for LbNatsConfig {
     fn default() -> Self {
         Self {
             servers: Vec::new(),
             user: String::new(),
             pass: String::new(),
+            tls_enabled: false,
+            ca_certs: String::new(),
+            cert_chain: String::new(),
+            private_key: String::new(),
             vip_bucket: "lb_vips".to_owned(),
             unscoped_subjects: true,
             suspend_pruning_if_nats_unavailable: true,
@@ -417,6 +444,7 @@ impl Validate for LbConfig {
             if nats.max_message_bytes == 0 {
                 return Err(ConfigError::new("nats.max_message_bytes", "must be more than 0"));
             }
+            nats.auth_keys().validate()?;
         }
         if self.vip_interface.is_empty()
             || self.vip_interface.len() > MAX_INTERFACE_NAME_LEN

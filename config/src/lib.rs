@@ -10,6 +10,7 @@ pub mod error;
 pub mod lb;
 pub mod load;
 pub mod messages;
+pub mod nats_auth;
 pub mod registrar;
 pub mod router;
 

@@ -6,6 +6,7 @@
 use crate::duration;
 use crate::error::{ConfigError, Validate};
 use crate::messages::LbAlgorithm;
+use crate::nats_auth::NatsAuthKeys;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -332,6 +333,20 @@ pub struct NatsConfig {
     pub allow_loopback_backends: bool,
 }
 
+impl NatsConfig {
+    /// The credential and TLS keys, for the checks the router shares with `lb`.
+    pub fn auth_keys(&self) -> NatsAuthKeys<'_> {
+        NatsAuthKeys {
+            user: &self.user,
+            pass: &self.pass,
+            tls_enabled: self.tls_enabled,
+            ca_certs: &self.ca_certs,
+            cert_chain: &self.cert_chain,
+            private_key: &self.private_key,
+        }
+    }
+}
+
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
@@ -572,15 +587,7 @@ impl Validate for RouterConfig {
                 return Err(ConfigError::new(format!("nats.hosts[{i}].port"), "must be a port number from 1 to 65535"));
             }
         }
-        if self.nats.user.is_empty() != self.nats.pass.is_empty() {
-            return fail("nats.pass", "`nats.user` and `nats.pass` must be set together");
-        }
-        if self.nats.tls_enabled && self.nats.ca_certs.trim().is_empty() {
-            return fail("nats.ca_certs", "must hold the PEM CA certificate when `nats.tls_enabled` is true");
-        }
-        if self.nats.cert_chain.is_empty() != self.nats.private_key.is_empty() {
-            return fail("nats.private_key", "`nats.cert_chain` and `nats.private_key` must be set together");
-        }
+        self.nats.auth_keys().validate()?;
         if self.nats.max_message_bytes < 1024 {
             return fail("nats.max_message_bytes", "must be at least 1024");
         }

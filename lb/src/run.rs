@@ -358,9 +358,10 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
     let mut link_state = no_link;
     let mut complete = true;
     if let Some(nats) = &config.nats {
-        let credentials = (!nats.user.is_empty()).then(|| (nats.user.clone(), nats.pass.clone()));
-        let settings = NatsSettings { servers: nats.servers.clone(), credentials, tls: None, client_name: "switchyard-lb".to_owned() };
-        let link = switchyard_runtime::nats::connect(&settings, &metrics.registry).await.map_err(|e| LbError::Nats(e.to_string()))?;
+        let link = switchyard_runtime::nats::connect(
+            &NatsSettings::from_keys(nats.servers.clone(), nats.auth_keys(), "switchyard-lb".to_owned()),
+            &metrics.registry,
+        ).await.map_err(|e| LbError::Nats(e.to_string()))?;
         subscribe_announcements(&link.client, nats, announce_tx.clone(), &metrics).await?;
         tokio::spawn(kv::watch(link.client.clone(), nats.vip_bucket.clone(), kv_tx.clone()));
         link_state = link.state;

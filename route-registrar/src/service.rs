@@ -86,7 +86,7 @@ fn nats_settings(config: &RegistrarConfig, config_path: &Path) -> Result<NatsSet
         .filter_map(|server| server.address().ok())
         .map(|(host, port)| nats::server_url(&host, port))
         .collect();
-    Ok(NatsSettings { servers, credentials: config.credentials(), tls, client_name: "switchyard-route-registrar".to_owned() })
+    Ok(NatsSettings { servers, credentials: config.credentials(), tls, client_name: "switchyard-route-registrar".to_owned(), subscription_capacity: None })
 }
 
 struct StatusPage {

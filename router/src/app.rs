@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_config::messages::{MessageLimits, RouterStart};
 use switchyard_config::router::RouterConfig;
-use switchyard_runtime::nats::{NatsSettings, NatsTls, server_url};
+use switchyard_runtime::nats::{NatsSettings, server_url};
 use switchyard_runtime::signals::{Lifecycle, Signals};
 use switchyard_runtime::status::BasicAuth;
 use tokio_util::sync::CancellationToken;
@@ -75,16 +75,17 @@ fn parse_ip(host: &str) -> IpAddr {
 }
 
 fn nats_settings(config: &RouterConfig) -> NatsSettings {
+    let servers = config.nats.hosts.iter().map(|h| server_url(&h.hostname, h.port)).collect();
     NatsSettings {
-        servers: config.nats.hosts.iter().map(|h| server_url(&h.hostname, h.port)).collect(),
-        credentials: (!config.nats.user.is_empty()).then(|| (config.nats.user.clone(), config.nats.pass.clone())),
-        tls: config.nats.tls_enabled.then(|| NatsTls {
-            ca_pem: config.nats.ca_certs.clone(),
-            client_identity: (!config.nats.cert_chain.is_empty()).then(|| (config.nats.cert_chain.clone(), config.nats.private_key.clone())),
-        }),
-        client_name: format!("switchyard-router-{}", config.index),
+        subscription_capacity: Some(REGISTRATION_QUEUE),
+        ..NatsSettings::from_keys(servers, config.nats.auth_keys(), format!("switchyard-router-{}", config.index))
     }
 }
+
+/// Registrations that may wait for the registry. A router that starts (or reconnects) in a large foundation is
+/// sent every route at once; a dropped registration stays unroutable until its emitter's next refresh, so the
+/// queue holds a burst of this many (a few hundred bytes each) rather than drop any.
+const REGISTRATION_QUEUE: usize = 1 << 19;
 
 /// How many endpoint removals (failed backend identity checks) may wait for the registry.
 const REMOVAL_QUEUE: usize = 1024;

@@ -10,6 +10,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
+use switchyard_config::nats_auth::NatsAuthKeys;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -24,6 +25,27 @@ pub struct NatsSettings {
     pub tls: Option<NatsTls>,
     /// Name the client reports to the server, e.g. `switchyard-router`.
     pub client_name: String,
+    /// Messages each subscription may hold before the client drops new ones ("slow consumer"); `None` keeps
+    /// the client's default. A program that must not lose a burst (the router at start-up, when every emitter
+    /// re-announces at once) sets it above the largest burst it expects.
+    pub subscription_capacity: Option<usize>,
+}
+
+impl NatsSettings {
+    /// Settings from a config's `nats.*` credential and TLS keys (inline PEM, as gorouter writes them).
+    pub fn from_keys(servers: Vec<String>, keys: NatsAuthKeys<'_>, client_name: String) -> Self {
+        Self {
+            servers,
+            credentials: (!keys.user.is_empty()).then(|| (keys.user.to_owned(), keys.pass.to_owned())),
+            tls: keys.tls_enabled.then(|| NatsTls {
+                ca_pem: keys.ca_certs.to_owned(),
+                client_identity: (!keys.cert_chain.is_empty())
+                    .then(|| (keys.cert_chain.to_owned(), keys.private_key.to_owned())),
+            }),
+            client_name,
+            subscription_capacity: None,
+        }
+    }
 }
 
 /// TLS to NATS, from inline PEM text (as the config files carry it).
@@ -108,6 +130,10 @@ fn tls_config(tls: &NatsTls) -> Result<rustls::ClientConfig, NatsError> {
 pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsLink, NatsError> {
     let connected_gauge = metrics.gauge("nats_connected", "1 while connected to a NATS server.");
     let connects = metrics.counter("nats_connects_total", "Connections established to NATS, the first one included.");
+    let slow_consumer = metrics.counter(
+        "nats_slow_consumer_events_total",
+        "Times a subscription's queue was full and the NATS client dropped messages for it.",
+    );
     let (state_tx, state_rx) = watch::channel(LinkState::default());
     let state_tx = Arc::new(state_tx);
 
@@ -122,6 +148,7 @@ pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsL
             let state_tx = Arc::clone(&state_tx);
             let connected_gauge = connected_gauge.clone();
             let connects = connects.clone();
+            let slow_consumer = slow_consumer.clone();
             async move {
                 match event {
                     Event::Connected => {
@@ -138,10 +165,17 @@ pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsL
                         state_tx.send_modify(|s| s.connected = false);
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
+                    Event::SlowConsumer(sid) => {
+                        slow_consumer.inc();
+                        tracing::warn!(subscription = sid, "NATS subscription queue full: messages were dropped");
+                    }
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
             }
         });
+    if let Some(capacity) = settings.subscription_capacity {
+        options = options.subscription_capacity(capacity);
+    }
     if let Some((user, pass)) = &settings.credentials {
         options = options.user_and_password(user.clone(), pass.clone());
     }
