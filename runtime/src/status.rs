@@ -2,7 +2,9 @@
 //! own read-only views (`/routes`, `/vips`).
 //!
 //! It lives on the control side, never on the proxy's hot path, so handlers may build whole JSON documents.
-//! Anything beyond health and metrics sits behind basic auth, compared in constant time.
+//! Anything beyond health and metrics sits behind basic auth. The check compares SHA-256 digests of the given and
+//! the expected `user:pass` in constant time, so neither which byte differs nor how long the secret is shows in
+//! the time a refusal takes (the expected digest is made once, when the credentials are configured).
 
 use base64::Engine;
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use ring::digest::{SHA256, digest};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -61,13 +64,24 @@ pub fn not_found() -> StatusResponse {
 /// accident.
 #[derive(Clone)]
 pub struct BasicAuth {
-    expected: Option<Vec<u8>>,
+    /// SHA-256 of `user:pass`; only the digest is kept.
+    expected: Option<[u8; DIGEST_LEN]>,
+}
+
+const DIGEST_LEN: usize = 32;
+
+/// The SHA-256 of `bytes`. Its length is fixed, so comparing two of them takes the same time whatever the
+/// lengths of what was hashed.
+fn fingerprint(bytes: &[u8]) -> [u8; DIGEST_LEN] {
+    let mut out = [0; DIGEST_LEN];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
 }
 
 impl BasicAuth {
     /// Credentials to require; empty user means "refuse everyone".
     pub fn new(user: &str, pass: &str) -> Self {
-        let expected = (!user.is_empty()).then(|| format!("{user}:{pass}").into_bytes());
+        let expected = (!user.is_empty()).then(|| fingerprint(format!("{user}:{pass}").as_bytes()));
         Self { expected }
     }
 
@@ -77,8 +91,8 @@ impl BasicAuth {
         let Some(header) = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
         let Some(encoded) = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic ")) else { return false };
         let Ok(given) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
-        // Equal lengths are compared in constant time; a length mismatch reveals only the length.
-        given.len() == expected.len() && bool::from(given.as_slice().ct_eq(expected.as_slice()))
+        // Fixed-size digests compared in constant time: no early exit on a short, long or nearly right secret.
+        bool::from(fingerprint(&given).ct_eq(expected))
     }
 
     /// The 401 answer that asks for credentials.
@@ -146,6 +160,24 @@ mod tests {
         assert!(!auth.allows(&request_with(Some("Basic !!!"))));
         assert!(!auth.allows(&request_with(Some("Bearer x"))));
         assert!(!auth.allows(&request_with(None)));
+    }
+
+    #[test]
+    fn near_misses_of_any_length_are_refused() {
+        let auth = BasicAuth::new("admin", "secret");
+        let basic = |credentials: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
+        for near in ["admin:secreu", "admin:secre", "admin:secret\0", "admin:secretsecret", "admin:", "admin", "Admin:secret", ":secret", ""] {
+            assert!(!auth.allows(&request_with(Some(&basic(near)))), "{near:?} was let in");
+        }
+        assert!(auth.allows(&request_with(Some(&basic("admin:secret").replacen("Basic", "basic", 1)))));
+    }
+
+    #[test]
+    fn only_a_digest_of_the_secret_is_kept() {
+        let auth = BasicAuth::new("admin", "secret");
+        assert_eq!(auth.expected, Some(fingerprint(b"admin:secret")));
+        assert_ne!(fingerprint(b"admin:secret"), fingerprint(b"admin:secreu"));
+        assert_eq!(fingerprint(b"").len(), fingerprint(&[b'x'; 4096]).len());
     }
 
     #[test]
