@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use switchyard_config::lb::{HealthCheckConfig, HealthCheckKind, LbNatsConfig, VipSpec};
+use switchyard_runtime::nats::{NatsSettings, client_options};
 
 /// Where `lb vip` commands find the bucket.
 #[derive(Debug, Clone)]
@@ -26,30 +27,34 @@ pub struct BucketTarget {
     pub url: String,
     /// Bucket name.
     pub bucket: String,
+    /// The `nats.*` keys of the `--config` file, if one was given: its credentials and TLS are used for `url`.
+    pub keys: Option<LbNatsConfig>,
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, LbError> {
-    async_nats::ConnectOptions::new()
-        .name("switchyard-lb-cli")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| LbError::Nats(format!("could not reach {url}: {e}")))
+/// Client settings for a one-shot command: `servers`, with the credentials and TLS of `keys` when a config gave
+/// them, exactly as `lb run` would use them.
+fn command_settings(servers: Vec<String>, keys: Option<&LbNatsConfig>, client_name: &str) -> NatsSettings {
+    match keys {
+        Some(keys) => NatsSettings::from_keys(servers, keys.auth_keys(), client_name.to_owned()),
+        None => NatsSettings { servers, client_name: client_name.to_owned(), ..NatsSettings::default() },
+    }
 }
 
-async fn connect_config(nats: &LbNatsConfig) -> Result<async_nats::Client, LbError> {
+/// Connects to the first of `settings.servers` that answers.
+async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, LbError> {
     let mut last = LbError::Nats("`nats.servers` is empty".to_owned());
-    for server in &nats.servers {
-        let mut options = async_nats::ConnectOptions::new().name("switchyard-lb-plan").connection_timeout(Duration::from_secs(5));
-        if !nats.user.is_empty() {
-            options = options.user_and_password(nats.user.clone(), nats.pass.clone());
-        }
+    for server in &settings.servers {
+        let options = client_options(settings).map_err(|e| LbError::Nats(e.to_string()))?.connection_timeout(Duration::from_secs(5));
         match options.connect(server.as_str()).await {
             Ok(client) => return Ok(client),
             Err(e) => last = LbError::Nats(format!("could not reach {server}: {e}")),
         }
     }
     Err(last)
+}
+
+async fn connect_target(target: &BucketTarget) -> Result<async_nats::Client, LbError> {
+    connect(&command_settings(vec![target.url.clone()], target.keys.as_ref(), "switchyard-lb-cli")).await
 }
 
 /// Runs one probe per backend, so a plan sees health the way a running `lb` would.
@@ -75,7 +80,7 @@ pub async fn plan(config_path: &Path) -> Result<String, LbError> {
     let observed = kernel.observe()?;
     let mut sources = initial_sources(&config, &observed, Instant::now());
     if let Some(nats) = &config.nats {
-        let client = connect_config(nats).await?;
+        let client = connect(&command_settings(nats.servers.clone(), Some(nats), "switchyard-lb-plan")).await?;
         if let Some(store) = kv::open_existing(&client, &nats.vip_bucket).await? {
             for event in kv::replay(&store).await? {
                 // The same handling as a running lb's; refusals show up as rejections in the intent below.
@@ -134,7 +139,7 @@ pub async fn vip_put(target: &BucketTarget, file: &Path) -> Result<String, LbErr
         let _ = writeln!(out, "warning: {}: key `{key}` is not part of a VIP and was not published", file.display());
     }
     let vip = loaded.value;
-    let client = connect(&target.url).await?;
+    let client = connect_target(target).await?;
     let store = kv::open(&client, &target.bucket).await?;
     for (name, _, value) in kv::snapshot(&store).await? {
         if name == vip.name {
@@ -158,7 +163,7 @@ pub async fn vip_put(target: &BucketTarget, file: &Path) -> Result<String, LbErr
 
 /// `lb vip ls`: every VIP in the bucket, one per line.
 pub async fn vip_ls(target: &BucketTarget) -> Result<String, LbError> {
-    let client = connect(&target.url).await?;
+    let client = connect_target(target).await?;
     let Some(store) = kv::open_existing(&client, &target.bucket).await? else {
         return Ok(format!("bucket `{}` does not exist yet; `lb vip put` creates it\n", target.bucket));
     };
@@ -183,12 +188,48 @@ pub async fn vip_ls(target: &BucketTarget) -> Result<String, LbError> {
 
 /// `lb vip rm NAME`: deletes one VIP.
 pub async fn vip_rm(target: &BucketTarget, name: &str) -> Result<String, LbError> {
-    let client = connect(&target.url).await?;
+    let client = connect_target(target).await?;
     let missing = || LbError::Vip(format!("bucket `{}` holds no VIP named `{name}`; `lb vip ls` lists them", target.bucket));
     let store = kv::open_existing(&client, &target.bucket).await?.ok_or_else(missing)?;
     if kv::remove(&store, name).await? {
         Ok(format!("removed VIP `{name}` from bucket `{}`\n", target.bucket))
     } else {
         Err(missing())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shot_commands_use_the_configs_credentials_and_tls() {
+        let keys = LbNatsConfig {
+            user: "operator".into(),
+            pass: "secret".into(),
+            tls_enabled: true,
+            ca_certs: "CA PEM".into(),
+            cert_chain: "CHAIN PEM".into(),
+            private_key: "KEY PEM".into(),
+            ..LbNatsConfig::default()
+        };
+        let settings = command_settings(vec!["nats://198.18.0.1:4222".into()], Some(&keys), "switchyard-lb-cli");
+        assert_eq!(settings.servers, ["nats://198.18.0.1:4222"]);
+        assert_eq!(settings.credentials, Some(("operator".to_owned(), "secret".to_owned())));
+        let tls = settings.tls.expect("TLS from nats.tls_enabled");
+        assert_eq!(tls.ca_pem, "CA PEM");
+        assert_eq!(tls.client_identity, Some(("CHAIN PEM".to_owned(), "KEY PEM".to_owned())));
+
+        let plain = command_settings(vec!["nats://198.18.0.1:4222".into()], None, "switchyard-lb-cli");
+        assert!(plain.credentials.is_none() && plain.tls.is_none());
+        assert_eq!(plain.client_name, "switchyard-lb-cli");
+    }
+
+    #[tokio::test]
+    async fn unusable_tls_keys_are_reported_before_any_connection() {
+        let keys = LbNatsConfig { tls_enabled: true, ca_certs: "not pem".into(), ..LbNatsConfig::default() };
+        let settings = command_settings(vec!["nats://198.18.0.1:4222".into()], Some(&keys), "switchyard-lb-cli");
+        let err = connect(&settings).await.unwrap_err();
+        assert!(err.to_string().contains("no CA certificate"), "{err}");
     }
 }

@@ -30,7 +30,8 @@ enum Command {
     Vip {
         #[command(subcommand)]
         command: VipCommand,
-        /// NATS server URL; defaults to the first of `nats.servers` in --config.
+        /// NATS server URL; defaults to the first of `nats.servers` in --config. The credentials and TLS keys of
+        /// --config (`nats.user`, `nats.tls_enabled`, ...) are used either way.
         #[arg(long, global = true, value_name = "URL")]
         nats: Option<String>,
         /// Bucket name; defaults to `nats.vip_bucket` in --config, else `lb_vips`.
@@ -67,8 +68,8 @@ fn bucket_target(config: Option<&PathBuf>, nats: Option<String>, bucket: Option<
     let url = nats
         .or_else(|| from_file.as_ref().and_then(|n| n.servers.first().cloned()))
         .ok_or_else(|| LbError::Vip("say which NATS server holds the bucket: --nats URL, or --config FILE with `nats.servers`".to_owned()))?;
-    let bucket = bucket.or_else(|| from_file.map(|n| n.vip_bucket)).unwrap_or_else(|| "lb_vips".to_owned());
-    Ok(BucketTarget { url, bucket })
+    let bucket = bucket.or_else(|| from_file.as_ref().map(|n| n.vip_bucket.clone())).unwrap_or_else(|| "lb_vips".to_owned());
+    Ok(BucketTarget { url, bucket, keys: from_file })
 }
 
 async fn dispatch(cli: Cli) -> Result<Option<String>, LbError> {

@@ -126,6 +126,28 @@ fn tls_config(tls: &NatsTls) -> Result<rustls::ClientConfig, NatsError> {
     }
 }
 
+/// The client options `settings` ask for: name, subscription capacity, credentials and TLS. [`connect`] adds its
+/// reconnect policy and event handling; a one-shot command (`lb vip put`, `lb plan`) connects with them as they
+/// are, so it reaches a secured bus exactly as the long-running program does.
+pub fn client_options(settings: &NatsSettings) -> Result<ConnectOptions, NatsError> {
+    let mut options = ConnectOptions::new().name(&settings.client_name);
+    if let Some(capacity) = settings.subscription_capacity {
+        options = options.subscription_capacity(capacity);
+    }
+    if let Some((user, pass)) = &settings.credentials {
+        options = options.user_and_password(user.clone(), pass.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        options = options.require_tls(true).tls_client_config(tls_config(tls)?);
+    }
+    Ok(options)
+}
+
+/// The server addresses of `settings`, parsed.
+fn server_addresses(settings: &NatsSettings) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    settings.servers.iter().map(|s| s.parse::<async_nats::ServerAddr>().map_err(|e| NatsError::Address(format!("{s}: {e}")))).collect()
+}
+
 /// Starts the client. Returns at once; the connection is made (and remade) in the background.
 pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsLink, NatsError> {
     let connected_gauge = metrics.gauge("nats_connected", "1 while connected to a NATS server.");
@@ -137,8 +159,7 @@ pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsL
     let (state_tx, state_rx) = watch::channel(LinkState::default());
     let state_tx = Arc::new(state_tx);
 
-    let mut options = ConnectOptions::new()
-        .name(&settings.client_name)
+    let options = client_options(settings)?
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
@@ -173,21 +194,7 @@ pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsL
                 }
             }
         });
-    if let Some(capacity) = settings.subscription_capacity {
-        options = options.subscription_capacity(capacity);
-    }
-    if let Some((user, pass)) = &settings.credentials {
-        options = options.user_and_password(user.clone(), pass.clone());
-    }
-    if let Some(tls) = &settings.tls {
-        options = options.require_tls(true).tls_client_config(tls_config(tls)?);
-    }
-    let addresses = settings
-        .servers
-        .iter()
-        .map(|s| s.parse::<async_nats::ServerAddr>().map_err(|e| NatsError::Address(format!("{s}: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let client = options.connect(addresses).await.map_err(|e| NatsError::Connect(e.to_string()))?;
+    let client = options.connect(server_addresses(settings)?).await.map_err(|e| NatsError::Connect(e.to_string()))?;
     Ok(NatsLink { client, state: state_rx })
 }
 
@@ -206,6 +213,16 @@ mod tests {
         assert_eq!(reconnect_delay(0), Duration::from_millis(25));
         assert_eq!(reconnect_delay(2), Duration::from_millis(100));
         assert_eq!(reconnect_delay(50), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn client_options_refuse_unusable_tls_and_bad_addresses() {
+        let tls = NatsTls { ca_pem: "not pem".into(), client_identity: None };
+        let settings = NatsSettings { tls: Some(tls), ..NatsSettings::default() };
+        assert!(matches!(client_options(&settings), Err(NatsError::Tls(_))));
+        assert!(client_options(&NatsSettings::default()).is_ok());
+        let settings = NatsSettings { servers: vec!["nats://127.0.0.1:4222".into(), "nats://[::1".into()], ..NatsSettings::default() };
+        assert!(matches!(server_addresses(&settings), Err(NatsError::Address(problem)) if problem.starts_with("nats://[::1")));
     }
 
     #[test]
