@@ -9,11 +9,13 @@
 
 pub mod backend;
 pub mod http;
+pub mod lb;
 pub mod nats;
 pub mod netns;
 pub mod process;
 pub mod registrar;
 pub mod router;
+pub mod status;
 pub mod tls;
 pub mod vm;
 

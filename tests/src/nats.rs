@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// What `nats-server` logs once it accepts clients on its own port.
-const READY_LINE: &str = "Server is ready";
+pub const READY_LINE: &str = "Server is ready";
 
 /// A running (or stopped) NATS server owned by one test.
 pub struct NatsServer {
@@ -17,7 +17,8 @@ pub struct NatsServer {
     starts: u32,
 }
 
-fn nats_server_binary() -> PathBuf {
+/// The installed `nats-server`; a missing one fails the test with the command that installs it.
+pub fn nats_server_binary() -> PathBuf {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
         let path = PathBuf::from(dir).join("nats-server");
         if path.exists() {

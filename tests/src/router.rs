@@ -3,6 +3,7 @@
 use crate::http::{self, Answer};
 use crate::nats::NatsServer;
 use crate::process::{Service, binary, free_port, wait_until};
+pub use crate::status::status_code;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,17 +161,6 @@ fn write_config(dir: &std::path::Path, keys: &[(String, String)]) -> PathBuf {
 /// The value of the first metric line starting with `prefix` (name plus optional labels).
 pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
     metrics.lines().find(|line| line.starts_with(prefix)).and_then(|line| line.rsplit(' ').next()).and_then(|v| v.parse().ok())
-}
-
-/// A blocking status probe (for use in wait_until).
-pub fn status_code(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: status\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    http::raw_status(&response)
 }
 
 fn base64_encode(text: &str) -> String {

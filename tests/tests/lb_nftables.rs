@@ -8,18 +8,15 @@
 // Test code: a panic is a failed test, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use switchyard_tests::lb::{NATS_URL, block_on_in, config, start_nats, status};
 use switchyard_tests::netns::{Netns, link};
 use switchyard_tests::{Service, binary, wait_until};
 
 const VIP: &str = "198.18.0.10";
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-/// `admin:secret`, for `/vips`.
-const AUTH: &str = "Basic YWRtaW46c2VjcmV0";
 
 struct Hosts {
     dir: tempfile::TempDir,
@@ -70,21 +67,11 @@ impl Hosts {
     }
 
     fn start_lb(&self, config: &Path) -> Service {
-        let lb = self.lb.spawn("lb", &binary("lb"), &["run", "--config", config.to_str().unwrap()], &[], self.dir.path());
-        let synced = wait_until(Duration::from_secs(10), || {
-            status(&self.lb, "/vips").is_some_and(|vips| vips["sync"]["syncs"].as_u64() >= Some(1) && vips["sync"]["last_error"].is_null())
-        });
-        assert!(synced, "lb did not complete a sync:\n{}", lb.log());
-        lb
+        switchyard_tests::lb::start(&self.lb, config, self.dir.path())
     }
 
     fn lb_command(&self, args: &[&str]) -> (i32, String, String) {
-        let output = self.lb.output(binary("lb").to_str().unwrap(), args);
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        switchyard_tests::lb::command(&self.lb, args)
     }
 
     fn ruleset(&self) -> String {
@@ -166,33 +153,6 @@ impl Held {
         self.reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
         parse_answer(&format!("{head}{}", String::from_utf8_lossy(&body)))
     }
-}
-
-/// `GET path` on the LB's status listener, parsed as JSON (or as a string for non-JSON answers).
-fn status(lb: &Netns, path: &str) -> Option<Value> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nAuthorization: {AUTH}\r\nConnection: close\r\n\r\n");
-    let answer = lb.enter(move || {
-        let mut stream = TcpStream::connect_timeout(&"127.0.0.1:8090".parse().unwrap(), Duration::from_millis(300)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        Some(answer)
-    })?;
-    let body = answer.split("\r\n\r\n").nth(1)?;
-    Some(serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned())))
-}
-
-fn config(extra: &str, vips: &str) -> String {
-    format!(
-        "status: {{address: 127.0.0.1:8090, user: admin, pass: secret}}\n\
-         dataplane: nftables\n\
-         sync_interval: 2s\n\
-         sync_min_interval: 50ms\n\
-         health_check: {{type: tcp, interval: 200ms, timeout: 200ms, rise: 2, fall: 2}}\n\
-         {extra}\n\
-         vips:\n{vips}"
-    )
 }
 
 fn web_vip(backends: &[usize]) -> String {
@@ -312,27 +272,21 @@ fn health_checks_skip_a_dead_cell_and_a_restart_changes_nothing() {
 
 /// Publishes `(subject, payload)` pairs on the NATS server inside the LB namespace.
 fn publish(lb: &Netns, messages: Vec<(String, String)>) {
-    lb.enter(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let client = async_nats::connect(NATS_URL).await.expect("connect to NATS in the LB namespace");
-            for (subject, payload) in messages {
-                client.publish(subject, payload.into()).await.unwrap();
-            }
-            client.flush().await.unwrap();
-        });
+    block_on_in(lb, || async move {
+        let client = async_nats::connect(NATS_URL).await.expect("connect to NATS in the LB namespace");
+        for (subject, payload) in messages {
+            client.publish(subject, payload.into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
     });
 }
 
 /// Writes a raw value into the VIP bucket, bypassing `lb vip put`'s checks, as a careless tool might.
 fn kv_put_raw(lb: &Netns, key: &'static str, value: &'static str) {
-    lb.enter(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let client = async_nats::connect(NATS_URL).await.unwrap();
-            let store = async_nats::jetstream::new(client).get_key_value("lb_vips").await.unwrap();
-            store.put(key, value.into()).await.unwrap();
-        });
+    block_on_in(lb, move || async move {
+        let client = async_nats::connect(NATS_URL).await.unwrap();
+        let store = async_nats::jetstream::new(client).get_key_value("lb_vips").await.unwrap();
+        store.put(key, value.into()).await.unwrap();
     });
 }
 
@@ -340,22 +294,12 @@ fn announcement(cell: usize, port: u16, vip: &str, stale: u64) -> String {
     format!(r#"{{"vip":"{vip}","host":"{}","port":{port},"weight":1,"stale_threshold_in_seconds":{stale}}}"#, CELL[cell])
 }
 
-fn nats_server_path() -> PathBuf {
-    ["/usr/bin/nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nats-server is not installed; run `apt-get install -y nats-server` (scripts/test installs it)")
-}
-
 #[test]
 fn announcements_and_published_vips_go_live_without_a_restart() {
     let hosts = hosts();
     let _servers = [hosts.serve(0, 10001, "cell1"), hosts.serve(1, 10001, "cell2"), hosts.serve(0, 10002, "cell1-api"), hosts.serve(1, 10002, "cell2-api")];
     let store = hosts.path("jetstream");
-    let nats = hosts.lb.spawn("nats-server", &nats_server_path(), &["-a", "127.0.0.1", "-p", "4222", "-js", "-sd", store.to_str().unwrap()], &[], hosts.dir.path());
-    let nats_up = wait_until(Duration::from_secs(10), || hosts.lb.enter(|| TcpStream::connect("127.0.0.1:4222").is_ok()));
-    assert!(nats_up, "nats-server did not start:\n{}", nats.log());
+    let nats = start_nats(&hosts.lb, &["-js", "-sd", store.to_str().unwrap()], hosts.dir.path());
 
     let web = format!("  - {{name: web, address: {VIP}, port: 80}}\n");
     let path = hosts.write("lb.yaml", &config(&format!("nats: {{servers: ['{NATS_URL}']}}\nbackend_stale_threshold: 30s"), &web));
