@@ -290,6 +290,21 @@ fn has_control(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
+/// Whether a name that is not a standard IP literal would still be read as an address by the resolver.
+/// `getaddrinfo` takes `127.1`, `2130706433`, `0x7f000001` and `0177.0.0.1` as IPv4 addresses (the `inet_aton`
+/// forms), so such a "name" would slip past every address check. A real host name never ends in an all-numeric
+/// label (RFC 3696, 2), so any name whose last label is decimal, or `0x` hexadecimal, is refused.
+fn looks_numeric(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or_default();
+    let hex = last.get(..2).is_some_and(|prefix| prefix.eq_ignore_ascii_case("0x"))
+        && last.get(2..).is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len() && text.get(text.len() - suffix.len()..).is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+}
+
 /// Whether `host` is acceptable as a backend address under `limits`.
 pub fn check_backend_host(host: &str, limits: &MessageLimits) -> Result<(), MessageError> {
     if host.is_empty() {
@@ -301,6 +316,8 @@ pub fn check_backend_host(host: &str, limits: &MessageLimits) -> Result<(), Mess
     let invalid = || MessageError::InvalidHost(host.to_owned());
     match host.parse::<IpAddr>() {
         Ok(ip) => {
+            // `::ffff:127.0.0.1` is 127.0.0.1 to the kernel: judge the IPv4 address it maps.
+            let ip = ip.to_canonical();
             let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
             if ip.is_unspecified() || ip.is_multicast() || broadcast || (ip.is_loopback() && !limits.allow_loopback_hosts) {
                 return Err(invalid());
@@ -314,10 +331,11 @@ pub fn check_backend_host(host: &str, limits: &MessageLimits) -> Result<(), Mess
                         && label.len() <= 63
                         && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 });
-            if !valid_name {
+            if !valid_name || looks_numeric(host) {
                 return Err(invalid());
             }
-            if !limits.allow_loopback_hosts && host.eq_ignore_ascii_case("localhost") {
+            let local_name = host.eq_ignore_ascii_case("localhost") || ends_with_ignore_case(host, ".localhost");
+            if !limits.allow_loopback_hosts && local_name {
                 return Err(invalid());
             }
             Ok(())
@@ -368,7 +386,7 @@ impl Registration {
         for uri in &self.uris {
             check_route_uri(uri)?;
         }
-        let text_fields: [(&'static str, &str); 8] = [
+        let text_fields: [(&'static str, &str); 11] = [
             ("app", &self.app),
             ("private_instance_id", &self.private_instance_id),
             ("private_instance_index", &self.private_instance_index),
@@ -376,6 +394,9 @@ impl Registration {
             ("route_service_url", &self.route_service_url),
             ("isolation_segment", &self.isolation_segment),
             ("availability_zone", &self.availability_zone),
+            ("protocol", &self.protocol),
+            ("options.lb_algo", &self.options.lb_algo),
+            ("options.loadbalancing", &self.options.loadbalancing),
             ("options.hash_header", &self.options.hash_header),
         ];
         for (name, value) in text_fields {
@@ -576,9 +597,38 @@ mod tests {
     #[test]
     fn loopback_hosts_follow_the_limit() {
         let strict = MessageLimits { allow_loopback_hosts: false, ..limits() };
-        let payload = br#"{"host":"127.0.0.1","port":1,"uris":["a"]}"#;
-        assert!(Registration::parse(payload, &limits()).is_ok());
-        assert_eq!(Registration::parse(payload, &strict).unwrap_err().reason(), "invalid_host");
+        for host in ["127.0.0.1", "127.255.255.254", "::1", "::ffff:127.0.0.1", "localhost", "LocalHost", "app.localhost"] {
+            let payload = format!(r#"{{"host":"{host}","port":1,"uris":["a"]}}"#);
+            assert!(Registration::parse(payload.as_bytes(), &limits()).is_ok(), "{host} is fine where loopback is allowed");
+            assert_eq!(Registration::parse(payload.as_bytes(), &strict).unwrap_err().reason(), "invalid_host", "{host}");
+        }
+    }
+
+    #[test]
+    fn addresses_in_disguise_are_judged_as_addresses() {
+        // Mapped IPv6 forms of refused IPv4 addresses, and names the resolver would read as IPv4 addresses.
+        for host in ["::ffff:224.0.0.1", "::ffff:255.255.255.255", "::ffff:0.0.0.0", "127.1", "2130706433", "0x7f000001", "0X7F.1", "0177.0.0.1", "0", "224.1", "4294967295", "cell.10"] {
+            let payload = format!(r#"{{"host":"{host}","port":1,"uris":["a"]}}"#);
+            assert_eq!(Registration::parse(payload.as_bytes(), &limits()).unwrap_err().reason(), "invalid_host", "{host}");
+        }
+        for host in ["10.0.0.1", "::ffff:10.0.0.1", "cell-1.example.com", "10-0-0-1.cells.internal", "x0", "0x.example", "a1"] {
+            let payload = format!(r#"{{"host":"{host}","port":1,"uris":["a"]}}"#);
+            assert!(Registration::parse(payload.as_bytes(), &limits()).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn every_text_field_refuses_control_characters() {
+        for field in ["app", "private_instance_id", "private_instance_index", "server_cert_domain_san", "isolation_segment", "availability_zone", "protocol"] {
+            for control in ["\\r\\n", "\\u0000", "\\u001b", "\\u007f", "\\u0085"] {
+                let payload = format!(r#"{{"host":"h","port":1,"uris":["a"],"{field}":"x{control}y"}}"#);
+                assert_eq!(Registration::parse(payload.as_bytes(), &limits()).unwrap_err(), MessageError::ControlCharacter(field), "{payload}");
+            }
+        }
+        for (options, field) in [(r#"{"lb_algo":"rr\n"}"#, "options.lb_algo"), (r#"{"loadbalancing":"rr\r"}"#, "options.loadbalancing")] {
+            let payload = format!(r#"{{"host":"h","port":1,"uris":["a"],"options":{options}}}"#);
+            assert_eq!(Registration::parse(payload.as_bytes(), &limits()).unwrap_err(), MessageError::ControlCharacter(field), "{payload}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! In-process HTTP backends on real loopback sockets, recording exactly what reached them.
 //!
 //! Tests assert at the backend: which headers arrived, whether a body arrived intact, how many requests each
-//! instance saw. The reply is programmable per request. A backend speaks HTTP/1.1 by default, or HTTP/2 without
+//! instance saw, and (from a log of the raw bytes read off each connection) exactly what the router put on the
+//! wire, before hyper's parser normalises it. The reply is programmable per request. A backend speaks HTTP/1.1 by default, or HTTP/2 without
 //! TLS (h2c), or TLS with ALPN choosing HTTP/2 or HTTP/1.1 ([`Transport`]).
 
 use bytes::Bytes;
@@ -11,7 +12,9 @@ use hyper::{HeaderMap, Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
@@ -27,8 +30,10 @@ pub struct Recorded {
     pub version: Version,
     /// Headers as received.
     pub headers: HeaderMap,
-    /// The whole body.
+    /// The whole body (empty when it could not be read to its end).
     pub body: Bytes,
+    /// Why the body could not be read to its end (the sender broke off or framed it badly), if it could not.
+    pub body_error: Option<String>,
     /// The peer address (the router's side of the connection).
     pub peer: SocketAddr,
 }
@@ -118,10 +123,14 @@ pub enum Transport {
 type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 type ReplyBody = http_body_util::Either<Full<Bytes>, StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>>;
 
+/// Bytes a backend read from the network, in arrival order, with the connection they came on.
+type WireLog = Arc<Mutex<Vec<(usize, Bytes)>>>;
+
 /// A running backend.
 pub struct TestBackend {
     addr: SocketAddr,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    wire: WireLog,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -157,12 +166,17 @@ impl TestBackend {
     fn serve(listener: TcpListener, transport: Transport, handler: Handler) -> Self {
         let addr = listener.local_addr().expect("backend has an address");
         let recorded = Arc::new(Mutex::new(Vec::new()));
+        let wire: WireLog = Arc::new(Mutex::new(Vec::new()));
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let accept_recorded = Arc::clone(&recorded);
+        let accept_wire = Arc::clone(&wire);
         let accept_tasks = Arc::clone(&tasks);
         let accept = tokio::spawn(async move {
+            let mut connections = 0;
             loop {
                 let Ok((stream, peer)) = listener.accept().await else { continue };
+                connections += 1;
+                let stream = WireTap { inner: stream, connection: connections, log: Arc::clone(&accept_wire) };
                 let handler = Arc::clone(&handler);
                 let recorded = Arc::clone(&accept_recorded);
                 let transport = transport.clone();
@@ -187,7 +201,7 @@ impl TestBackend {
             }
         });
         tasks.lock().expect("task list lock").push(accept.abort_handle());
-        Self { addr, recorded, tasks }
+        Self { addr, recorded, wire, tasks }
     }
 
     /// The listening address.
@@ -203,6 +217,25 @@ impl TestBackend {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.recorded.lock().expect("recorded lock").clone()
+    }
+
+    /// A mark in the log of bytes received, for [`TestBackend::wire_since`].
+    pub fn wire_mark(&self) -> usize {
+        self.wire.lock().expect("wire log lock").len()
+    }
+
+    /// The bytes received on the network since `mark`, exactly as they arrived (before any HTTP parsing), one
+    /// entry per connection in the order the connections first sent something.
+    pub fn wire_since(&self, mark: usize) -> Vec<Vec<u8>> {
+        let log = self.wire.lock().expect("wire log lock");
+        let mut connections: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (connection, bytes) in log.iter().skip(mark) {
+            match connections.iter_mut().find(|(c, _)| c == connection) {
+                Some((_, received)) => received.extend_from_slice(bytes),
+                None => connections.push((*connection, bytes.to_vec())),
+            }
+        }
+        connections.into_iter().map(|(_, bytes)| bytes).collect()
     }
 
     /// How many requests were received.
@@ -224,6 +257,41 @@ impl Drop for TestBackend {
     }
 }
 
+/// A connection that copies everything read from it into the backend's wire log, so tests can check the exact
+/// bytes the router sent, including what an HTTP parser would normalise away (duplicate or conflicting framing
+/// headers).
+struct WireTap {
+    inner: tokio::net::TcpStream,
+    connection: usize,
+    log: WireLog,
+}
+
+impl tokio::io::AsyncRead for WireTap {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(fresh) = buf.filled().get(before..).filter(|fresh| !fresh.is_empty()) {
+            this.log.lock().expect("wire log lock").push((this.connection, Bytes::copy_from_slice(fresh)));
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for WireTap {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 async fn serve_io<I, S>(io: I, h2: bool, service: S)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -240,13 +308,17 @@ where
 
 async fn answer(request: Request<Incoming>, peer: SocketAddr, handler: &Handler, recorded: &Mutex<Vec<Recorded>>) -> Response<ReplyBody> {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let (body, body_error) = match body.collect().await {
+        Ok(collected) => (collected.to_bytes(), None),
+        Err(err) => (Bytes::new(), Some(err.to_string())),
+    };
     let record = Recorded {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         version: parts.version,
         headers: parts.headers,
         body,
+        body_error,
         peer,
     };
     let reply = handler(&record);

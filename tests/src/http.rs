@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod wire;
+
 /// A whole response.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -84,4 +86,67 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
 pub fn raw_status(bytes: &[u8]) -> Option<u16> {
     let text = std::str::from_utf8(bytes.get(..bytes.len().min(64))?).ok()?;
     text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+/// How the server left a raw exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It closed the connection (FIN).
+    Closed,
+    /// It reset the connection (usually: closed with unread request bytes still queued).
+    Reset,
+    /// The connection was still open when the exchange stopped waiting.
+    Open,
+}
+
+/// What came back from a raw exchange.
+#[derive(Debug, Clone)]
+pub struct RawExchange {
+    /// Every byte received.
+    pub received: Vec<u8>,
+    /// How the connection ended.
+    pub ending: Ending,
+    /// Whether every request byte could be written (a server may close before reading them all).
+    pub sent_all: bool,
+}
+
+impl RawExchange {
+    /// The responses in the received bytes, read strictly.
+    pub fn responses(&self) -> Result<Vec<wire::Message>, String> {
+        wire::messages(&self.received, wire::Side::Response).map(|(found, _)| found)
+    }
+}
+
+/// Writes `bytes` (concurrently with reading, so a server that answers early and stops reading cannot stall the
+/// writer), and reads until the server closes, `timeout` passes, or the received responses are complete and
+/// nothing more arrives for `quiet`. A connection the server keeps open therefore costs `quiet`, not `timeout`.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration, quiet: Duration) -> RawExchange {
+    let stream = TcpStream::connect(addr).await.expect("connect for a raw exchange");
+    let (mut reader, mut writer) = stream.into_split();
+    let request = bytes.to_vec();
+    let written = tokio::spawn(async move {
+        let sent = writer.write_all(&request).await.is_ok();
+        // Keep the write half open: closing it would tell the server the client is gone.
+        (sent, writer)
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let ending = loop {
+        let settled = wire::messages(&received, wire::Side::Response)
+            .is_ok_and(|(found, left)| left == 0 && !found.is_empty() && found.iter().all(|m| m.complete && m.framing != wire::Framing::UntilClose));
+        let wait = if settled { quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now())) } else { deadline.saturating_duration_since(tokio::time::Instant::now()) };
+        match tokio::time::timeout(wait, reader.read(&mut buf)).await {
+            Err(_) => break Ending::Open,
+            Ok(Ok(0)) => break Ending::Closed,
+            Ok(Ok(n)) => received.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => break Ending::Reset,
+            Ok(Err(err)) => panic!("reading a raw exchange from {addr}: {err}"),
+        }
+    };
+    if ending == Ending::Open && !written.is_finished() {
+        written.abort();
+    }
+    let sent_all = matches!(tokio::time::timeout(Duration::from_secs(5), written).await, Ok(Ok((true, _))));
+    RawExchange { received, ending, sent_all }
 }

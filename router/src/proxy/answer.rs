@@ -30,6 +30,29 @@ fn tls_body(failure: &TlsFailure) -> &'static str {
     }
 }
 
+/// What is wrong with a request that hyper parsed but the router will not forward, because a backend (or a proxy
+/// in front) could read it differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// More than one Host field line: which one names the route?
+    RepeatedHost,
+    /// A transfer coding other than one `chunked` (`gzip, chunked`, `chunked, chunked`, two field lines): the
+    /// router decodes only the chunks, so the backend would get coded bytes with nothing saying so.
+    TransferCoding,
+    /// The body's chunked framing did not decode.
+    Body,
+}
+
+impl Malformed {
+    fn detail(self) -> &'static str {
+        match self {
+            Self::RepeatedHost => "More than one Host header",
+            Self::TransferCoding => "Unsupported Transfer-Encoding",
+            Self::Body => "Malformed request body",
+        }
+    }
+}
+
 /// Why the router answered itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouterError {
@@ -47,6 +70,8 @@ pub enum RouterError {
     ConnectionLimit,
     /// `X-CF-APP-INSTANCE` is not `<guid>:<index>`.
     InvalidAppInstanceHeader,
+    /// A request the router will not forward as it stands.
+    MalformedRequest(Malformed),
     /// A method the router does not proxy (CONNECT: the router is not a tunnel to arbitrary hosts).
     UnsupportedMethod,
     /// Every attempt failed and the last one failed the backend's TLS handshake.
@@ -72,7 +97,7 @@ impl RouterError {
     fn status(&self) -> StatusCode {
         match self {
             Self::UnknownRoute => StatusCode::NOT_FOUND,
-            Self::EmptyHost | Self::InvalidAppInstanceHeader | Self::UnknownInstance { .. } => StatusCode::BAD_REQUEST,
+            Self::EmptyHost | Self::InvalidAppInstanceHeader | Self::UnknownInstance { .. } | Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoEndpoints | Self::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Self::EndpointFailure(_) => StatusCode::BAD_GATEWAY,
             Self::UnsupportedMethod => StatusCode::METHOD_NOT_ALLOWED,
@@ -93,6 +118,7 @@ impl RouterError {
             Self::ConnectionLimit => HeaderValue::from_static("Connection Limit Reached"),
             Self::InvalidAppInstanceHeader => HeaderValue::from_static("invalid_cf_app_instance_header"),
             Self::UnsupportedMethod => HeaderValue::from_static("unsupported_method"),
+            Self::MalformedRequest(_) => HeaderValue::from_static("malformed_request"),
             Self::RouteServiceUnsupported | Self::RouteServiceUpgrade => HeaderValue::from_static("route_service_unsupported"),
             Self::RouteServiceExpired => HeaderValue::from_static("route_service_signature_expired"),
             Self::RouteServiceInvalid => HeaderValue::from_static("route_service_signature_invalid"),
@@ -113,6 +139,7 @@ impl RouterError {
             Self::ConnectionLimit => "503 Service Unavailable: Connection Limit Reached\n".to_owned(),
             Self::InvalidAppInstanceHeader => "400 Bad Request: Invalid X-CF-App-Instance Header\n".to_owned(),
             Self::UnsupportedMethod => "405 Method Not Allowed\n".to_owned(),
+            Self::MalformedRequest(what) => format!("400 Bad Request: {}\n", what.detail()),
             Self::BackendTls(failure, _) => format!("{}\n", tls_body(failure)),
             Self::RouteServiceUnsupported => "502 Bad Gateway: Support for route services is disabled.\n".to_owned(),
             Self::RouteServiceUpgrade => "503 Service Unavailable: Websocket requests are not supported for routes bound to Route Services.\n".to_owned(),
@@ -180,6 +207,20 @@ mod tests {
             assert_eq!(error.status().as_u16(), status);
             assert_eq!(error.body("a"), body);
             assert_eq!(error.header(), "endpoint_failure (dial 10.0.0.1:443: why)");
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_400_and_say_what_was_wrong() {
+        for (what, body) in [
+            (Malformed::RepeatedHost, "400 Bad Request: More than one Host header\n"),
+            (Malformed::TransferCoding, "400 Bad Request: Unsupported Transfer-Encoding\n"),
+            (Malformed::Body, "400 Bad Request: Malformed request body\n"),
+        ] {
+            let error = RouterError::MalformedRequest(what);
+            assert_eq!(error.status(), 400);
+            assert_eq!(error.header(), "malformed_request");
+            assert_eq!(error.body("a"), body);
         }
     }
 

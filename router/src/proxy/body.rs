@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,7 @@ pub struct Exchange {
     pub status: u16,
     started: Instant,
     backend_time: Duration,
-    bytes_in: Option<Arc<AtomicU64>>,
+    bytes_in: Option<Arc<BodyTally>>,
     bytes_out: u64,
     in_flight: Option<InFlight>,
     upstream: Option<Pooled>,
@@ -83,8 +83,8 @@ impl Exchange {
         }
     }
 
-    /// Shares the counter the request body adds to.
-    pub fn count_request_body(&mut self) -> Arc<AtomicU64> {
+    /// Shares the tally the request body keeps.
+    pub fn count_request_body(&mut self) -> Arc<BodyTally> {
         Arc::clone(self.bytes_in.get_or_insert_with(Arc::default))
     }
 
@@ -126,7 +126,7 @@ impl Drop for Exchange {
             let response_time = self.started.elapsed();
             let totals = Totals {
                 status: self.status,
-                bytes_in: self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+                bytes_in: self.bytes_in.as_ref().map_or(0, |b| b.bytes.load(Ordering::Relaxed)),
                 bytes_out: self.bytes_out,
                 response_time: response_time.as_secs_f64(),
                 router_time: response_time.saturating_sub(self.backend_time).as_secs_f64(),
@@ -136,13 +136,86 @@ impl Drop for Exchange {
     }
 }
 
+/// How reading a client's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The client framed it badly (a bad chunk size, chunk extensions over hyper's limit, ...).
+    Malformed,
+    /// The client went away (or reset its stream) before the body's end.
+    Gone,
+}
+
+impl BodyFault {
+    const NONE: u8 = 0;
+
+    fn code(self) -> u8 {
+        match self {
+            Self::Malformed => 1,
+            Self::Gone => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Malformed),
+            2 => Some(Self::Gone),
+            _ => None,
+        }
+    }
+
+    /// Reads a body error. hyper reports the bytes it could not decode as I/O errors of kind `InvalidData` or
+    /// `InvalidInput` underneath its own error; an early end, a reset or anything else means the client is gone.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => Self::Malformed,
+                    _ => Self::Gone,
+                };
+            }
+            cause = error.source();
+        }
+        Self::Gone
+    }
+}
+
+/// What a request body tells its exchange: how many bytes came from the client, and whether reading them failed.
+/// A failed client body fails the backend request too, and the proxy must not blame the backend for that.
+#[derive(Debug, Default)]
+pub struct BodyTally {
+    bytes: AtomicU64,
+    fault: AtomicU8,
+}
+
+impl BodyTally {
+    /// Why the client's body failed, if it did.
+    pub fn fault(&self) -> Option<BodyFault> {
+        BodyFault::from_code(self.fault.load(Ordering::Relaxed))
+    }
+
+    fn fail(&self, fault: BodyFault) {
+        let _ = self.fault.compare_exchange(BodyFault::NONE, fault.code(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// The body sent to a backend.
 #[derive(Debug)]
 pub enum RequestBody {
     /// No body.
     Empty,
-    /// The client's body, streamed through and counted.
-    Client(Incoming, Arc<AtomicU64>),
+    /// The client's body, streamed through and tallied.
+    Client(Incoming, Arc<BodyTally>),
+}
+
+impl RequestBody {
+    /// The client body's tally, if there is a client body.
+    pub fn tally(&self) -> Option<Arc<BodyTally>> {
+        match self {
+            Self::Empty => None,
+            Self::Client(_, tally) => Some(Arc::clone(tally)),
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -152,10 +225,16 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Client(body, counted) => {
+            Self::Client(body, tally) => {
                 let frame = ready!(Pin::new(body).poll_frame(cx));
-                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()).and_then(Frame::data_ref) {
-                    counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            tally.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Some(Err(error)) => tally.fail(BodyFault::of(error)),
+                    None => {}
                 }
                 Poll::Ready(frame)
             }
@@ -260,5 +339,49 @@ impl Body for ResponseBody {
             Content::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Content::Upstream(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that wraps another, as hyper's own error wraps the I/O error its decoder raised.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error reading a body from connection")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn wrapped(kind: std::io::ErrorKind) -> Wrapped {
+        Wrapped(std::io::Error::new(kind, "from the decoder"))
+    }
+
+    #[test]
+    fn undecodable_bodies_are_the_clients_fault_and_early_ends_mean_it_left() {
+        assert_eq!(BodyFault::of(&wrapped(std::io::ErrorKind::InvalidData)), BodyFault::Malformed);
+        assert_eq!(BodyFault::of(&wrapped(std::io::ErrorKind::InvalidInput)), BodyFault::Malformed);
+        assert_eq!(BodyFault::of(&wrapped(std::io::ErrorKind::UnexpectedEof)), BodyFault::Gone);
+        assert_eq!(BodyFault::of(&wrapped(std::io::ErrorKind::ConnectionReset)), BodyFault::Gone);
+        let no_io: Box<dyn std::error::Error> = "stream reset".into();
+        assert_eq!(BodyFault::of(no_io.as_ref()), BodyFault::Gone);
+    }
+
+    #[test]
+    fn the_first_fault_is_the_one_kept() {
+        let tally = BodyTally::default();
+        assert_eq!(tally.fault(), None);
+        tally.fail(BodyFault::Malformed);
+        tally.fail(BodyFault::Gone);
+        assert_eq!(tally.fault(), Some(BodyFault::Malformed));
     }
 }

@@ -4,8 +4,9 @@
 //! cut from the thread's slab, so forwarding a request costs no per-request `String`.
 
 use crate::endpoint::Endpoint;
+use crate::proxy::answer::Malformed;
 use crate::proxy::arena;
-use http::header::{CONNECTION, EXPECT, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -54,6 +55,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+/// What, in a request hyper accepted, the router still refuses to forward: more than one Host, or transfer codings
+/// other than exactly one `chunked`. hyper checks only that `chunked` comes last, so `gzip, chunked` and
+/// `chunked, chunked` reach the router; it would strip them and pass on a body still coded, unannounced.
+pub fn malformed(headers: &HeaderMap) -> Option<Malformed> {
+    if headers.get_all(HOST).iter().nth(1).is_some() {
+        return Some(Malformed::RepeatedHost);
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    codings.peek()?;
+    let mut chunked = 0;
+    for line in codings {
+        for coding in line.to_str().unwrap_or("?").split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Some(Malformed::TransferCoding);
+            }
+            chunked += 1;
+        }
+    }
+    (chunked != 1).then_some(Malformed::TransferCoding)
 }
 
 /// Whether a request asks to switch protocols (WebSocket and friends).
@@ -178,6 +200,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn one_host_and_one_chunked_coding_or_nothing() {
+        assert_eq!(malformed(&map(&[("host", "a"), ("content-length", "5")])), None);
+        assert_eq!(malformed(&map(&[("host", "a"), ("transfer-encoding", "chunked")])), None);
+        assert_eq!(malformed(&map(&[("transfer-encoding", "Chunked")])), None);
+        assert_eq!(malformed(&map(&[("transfer-encoding", "chunked,")])), None, "empty list elements do not count");
+        assert_eq!(malformed(&map(&[("host", "a"), ("host", "b")])), Some(Malformed::RepeatedHost));
+        assert_eq!(malformed(&map(&[("host", "a"), ("host", "a")])), Some(Malformed::RepeatedHost));
+        for codings in [&["gzip, chunked"][..], &["chunked, chunked"], &["chunked", "chunked"], &["identity", "chunked"], &[","], &["chunked;q=1"]] {
+            let pairs: Vec<(&str, &str)> = codings.iter().map(|c| ("transfer-encoding", *c)).collect();
+            assert_eq!(malformed(&map(&pairs)), Some(Malformed::TransferCoding), "{codings:?}");
+        }
+        let mut opaque = HeaderMap::new();
+        opaque.insert(TRANSFER_ENCODING, HeaderValue::from_bytes(b"chunked\xff").unwrap());
+        assert_eq!(malformed(&opaque), Some(Malformed::TransferCoding));
     }
 
     #[test]

@@ -29,9 +29,9 @@ use crate::route_service::{self as route_services, RouteServices, Verdict};
 use crate::table::RouteTable;
 use crate::tls::TlsFailure;
 use activity::Activity;
-use answer::RouterError;
+use answer::{Malformed, RouterError};
 use arc_swap::ArcSwap;
-use body::{Exchange, RequestBody, ResponseBody};
+use body::{BodyFault, Exchange, RequestBody, ResponseBody};
 use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID};
 use http::header::{CONNECTION, HOST, REFERER, TE, TRANSFER_ENCODING, USER_AGENT};
 use http_body::Body as _;
@@ -148,6 +148,8 @@ enum Failure {
     AtLimit,
     /// Attempts failed; the last error, if any attempt was made.
     Endpoint(Option<AttemptError>),
+    /// The client's request body failed while it was being sent: nobody on the backend side is to blame.
+    Client(BodyFault),
 }
 
 impl Failure {
@@ -160,6 +162,7 @@ impl Failure {
             }
             Self::Endpoint(Some(error)) => RouterError::EndpointFailure(error.to_string()),
             Self::Endpoint(None) => RouterError::EndpointFailure("no endpoint could take the request".to_owned()),
+            Self::Client(_) => RouterError::MalformedRequest(Malformed::Body),
         }
     }
 }
@@ -171,6 +174,8 @@ enum Attempt {
     Retry(Request<RequestBody>, AttemptError),
     /// The request may have reached the backend: stop.
     Failed(AttemptError),
+    /// Reading the client's body failed, which failed the attempt: stop, and blame the client.
+    ClientFault(BodyFault),
 }
 
 /// Why an attempt failed, with whether the endpoint is to blame.
@@ -263,6 +268,9 @@ impl Proxy {
         let fail = |error: RouterError, exchange: Exchange| error.respond(&route_text(raw_host, &requested_uri), Some(exchange));
         if headers::head_size(&parts.method, &parts.uri, &parts.headers) > self.settings.max_header_bytes {
             return fail(RouterError::HeadersTooLarge, exchange);
+        }
+        if let Some(what) = headers::malformed(&parts.headers) {
+            return fail(RouterError::MalformedRequest(what), exchange);
         }
         if parts.method == Method::CONNECT {
             return fail(RouterError::UnsupportedMethod, exchange);
@@ -359,11 +367,12 @@ impl Proxy {
         }
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = origin_form(&parts.uri);
-            // HTTP/2 clients name the host only in `:authority`; HTTP/1.1 backends need it as Host.
-            if !parts.headers.contains_key(HOST)
-                && let Some(host) = &host_value {
-                    parts.headers.insert(HOST, host.clone());
-                }
+            // The request was routed by the target's authority, so that is the Host the backend gets, whatever
+            // Host the client sent beside it (RFC 9112, 3.2.2): a backend must never see one name while the
+            // router routed by another. HTTP/2 clients often send `:authority` alone.
+            if let Some(host) = &host_value {
+                parts.headers.insert(HOST, host.clone());
+            }
         }
         parts.version = Version::HTTP_11;
 
@@ -401,6 +410,12 @@ impl Proxy {
                 exchange.status = response_parts.status.as_u16();
                 exchange.served_by(in_flight, Some(connection), backend_time);
                 Response::from_parts(response_parts, ResponseBody::upstream(incoming, exchange))
+            }
+            Err(Failure::Client(BodyFault::Gone)) => {
+                // The client left in the middle of its body: no one will read an answer, and the exchange logs
+                // the request as given up (499).
+                drop(exchange);
+                RouterError::MalformedRequest(Malformed::Body).respond(&route_text(raw_host, &requested_uri), None)
             }
             Err(failure) => {
                 let error = failure.answer();
@@ -475,6 +490,7 @@ impl Proxy {
                     self.blame(endpoint, &error);
                     return Err(Failure::Endpoint(Some(error)));
                 }
+                Attempt::ClientFault(fault) => return Err(Failure::Client(fault)),
             }
         }
         Err(Failure::Endpoint(last_error))
@@ -530,6 +546,7 @@ impl Proxy {
                 *copy.headers_mut() = request.headers().clone();
                 copy
             });
+            let tally = request.body().tally();
             let sent = Instant::now();
             let outcome = tokio::time::timeout(self.settings.endpoint_timeout, connection.send(request)).await;
             match outcome {
@@ -540,6 +557,10 @@ impl Proxy {
                     return Attempt::Answered(response, connection, waited);
                 }
                 Ok(Err(mut error)) => {
+                    if let Some(fault) = tally.as_ref().and_then(|t| t.fault()) {
+                        tracing::debug!(endpoint = identity, ?fault, error = %error.error(), "the client's request body failed");
+                        return Attempt::ClientFault(fault);
+                    }
                     // Replay only when the backend closed without answering, as it does when it times out an idle
                     // connection; any other failure may have been seen by the backend.
                     let closed_unanswered = error.error().is_incomplete_message();

@@ -38,6 +38,7 @@ impl Proxy {
                     self.metrics.backend_errors.with_label_values(&[error.kind()]).inc();
                     return Err(Failure::Endpoint(Some(error)));
                 }
+                Attempt::ClientFault(fault) => return Err(Failure::Client(fault)),
             }
         }
         Err(Failure::Endpoint(last_error))
