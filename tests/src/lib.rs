@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod http;
 pub mod lb;
+pub mod load;
 pub mod nats;
 pub mod netns;
 pub mod process;
