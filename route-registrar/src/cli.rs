@@ -30,7 +30,7 @@ The config is Cloud Foundry route-registrar's JSON or YAML (chosen by the .json 
   message_bus_servers[].{host,user,password}, host, availability_zone, unregistration_message_limit,
   dynamic_config_globs, routes[].{name,type,host,port,tls_port,uris,tags,server_cert_domain_san,
   route_service_url,protocol,registration_interval,health_check,options}
-Switchyard adds: routes[].type: nodeport with vip and weight (announced on lb.register),
+Switchyard adds: routes[].type: nodeport with vip and weight (announced on lb.register.<vip>),
   health_check.http: {url, expect_status} and health_check.tcp: {address},
   dynamic_config_interval, and status: {address} for /health and /metrics.
 

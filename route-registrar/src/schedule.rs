@@ -30,6 +30,9 @@ pub struct Route {
     pub register_subject: &'static str,
     /// Subject of its withdrawal.
     pub unregister_subject: &'static str,
+    /// Last token of both subjects on the wire, if any: the VIP of an `lb` announcement, so that NATS
+    /// permissions on `lb.register.<vip>` can say which cells may announce for which tenant.
+    pub scope: Option<Arc<str>>,
     /// The JSON payload of both.
     pub payload: Bytes,
     /// Configured interval between checks and announcements.
@@ -41,14 +44,17 @@ pub struct Route {
 impl Route {
     /// Encodes a validated route.
     pub fn new(route: &ResolvedRoute) -> Result<Self, serde_json::Error> {
-        let (register_subject, unregister_subject, payload) = match &route.announcement {
-            Announcement::Router(registration) => (SUBJECT_REGISTER, SUBJECT_UNREGISTER, serde_json::to_vec(registration)?),
-            Announcement::Lb(announcement) => (SUBJECT_LB_REGISTER, SUBJECT_LB_UNREGISTER, serde_json::to_vec(announcement)?),
+        let (register_subject, unregister_subject, scope, payload) = match &route.announcement {
+            Announcement::Router(registration) => (SUBJECT_REGISTER, SUBJECT_UNREGISTER, None, serde_json::to_vec(registration)?),
+            Announcement::Lb(announcement) => {
+                (SUBJECT_LB_REGISTER, SUBJECT_LB_UNREGISTER, Some(Arc::from(announcement.vip.as_str())), serde_json::to_vec(announcement)?)
+            }
         };
         Ok(Self {
             name: Arc::from(route.name.as_str()),
             register_subject,
             unregister_subject,
+            scope,
             payload: Bytes::from(payload),
             interval: route.interval,
             check: route.health_check.clone(),
@@ -134,8 +140,10 @@ impl Why {
 /// A message to put on the bus.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
-    /// Subject.
+    /// Subject, without its scope.
     pub subject: &'static str,
+    /// Last subject token, when the subject is scoped (see [`Route::scope`]).
+    pub scope: Option<Arc<str>>,
     /// JSON payload.
     pub payload: Bytes,
     /// The route it is about.
@@ -413,11 +421,11 @@ impl Schedule {
 }
 
 fn announce(route: &Route, why: Why) -> Command {
-    Command::Publish(Publish { subject: route.register_subject, payload: route.payload.clone(), route: Arc::clone(&route.name), why })
+    Command::Publish(Publish { subject: route.register_subject, scope: route.scope.clone(), payload: route.payload.clone(), route: Arc::clone(&route.name), why })
 }
 
 fn withdraw(route: &Route, why: Why) -> Command {
-    Command::Publish(Publish { subject: route.unregister_subject, payload: route.payload.clone(), route: Arc::clone(&route.name), why })
+    Command::Publish(Publish { subject: route.unregister_subject, scope: route.scope.clone(), payload: route.payload.clone(), route: Arc::clone(&route.name), why })
 }
 
 #[cfg(test)]

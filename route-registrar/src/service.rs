@@ -217,27 +217,31 @@ impl Registrar {
     }
 
     async fn publish(&self, publish: Publish) {
-        let Publish { subject, payload, route, why } = publish;
+        let Publish { subject, scope, payload, route, why } = publish;
+        let wire_subject = match &scope {
+            Some(scope) => format!("{subject}.{scope}"),
+            None => subject.to_owned(),
+        };
         if !self.link.borrow().connected {
-            tracing::debug!(subject, %route, why = why.as_str(), "NATS is down; not published");
+            tracing::debug!(subject = %wire_subject, %route, why = why.as_str(), "NATS is down; not published");
             self.metrics.published(subject, PublishResult::Skipped);
             return;
         }
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, payload)).await {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(wire_subject.clone(), payload)).await {
             Ok(Ok(())) => {
                 self.metrics.published(subject, PublishResult::Sent);
                 match why {
-                    Why::Scheduled | Why::Refresh | Why::CheckPassed => tracing::debug!(subject, %route, why = why.as_str(), "published"),
-                    _ => tracing::info!(subject, %route, why = why.as_str(), "published"),
+                    Why::Scheduled | Why::Refresh | Why::CheckPassed => tracing::debug!(subject = %wire_subject, %route, why = why.as_str(), "published"),
+                    _ => tracing::info!(subject = %wire_subject, %route, why = why.as_str(), "published"),
                 }
             }
             Ok(Err(err)) => {
                 self.metrics.published(subject, PublishResult::Failed);
-                tracing::warn!(subject, %route, %err, "publish failed");
+                tracing::warn!(subject = %wire_subject, %route, %err, "publish failed");
             }
             Err(_) => {
                 self.metrics.published(subject, PublishResult::Failed);
-                tracing::warn!(subject, %route, "publish timed out: the NATS client is not keeping up");
+                tracing::warn!(subject = %wire_subject, %route, "publish timed out: the NATS client is not keeping up");
             }
         }
     }

@@ -93,7 +93,8 @@ impl BusMessage {
     }
 }
 
-/// Records every `router.register`, `router.unregister`, `lb.register` and `lb.unregister` on a NATS server.
+/// Records every `router.register`, `router.unregister`, `lb.register.<vip>` and `lb.unregister.<vip>` (and the
+/// unscoped `lb.*` subjects) on a NATS server.
 pub struct BusRecorder {
     messages: Arc<Mutex<Vec<BusMessage>>>,
     task: tokio::task::JoinHandle<()>,
@@ -102,7 +103,8 @@ pub struct BusRecorder {
 }
 
 /// The subjects a registrar publishes on.
-pub const REGISTRAR_SUBJECTS: [&str; 4] = ["router.register", "router.unregister", "lb.register", "lb.unregister"];
+pub const REGISTRAR_SUBJECTS: [&str; 6] =
+    ["router.register", "router.unregister", "lb.register", "lb.unregister", "lb.register.*", "lb.unregister.*"];
 
 impl BusRecorder {
     /// Subscribes (and flushes, so nothing published after this returns is missed).

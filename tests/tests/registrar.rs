@@ -201,11 +201,11 @@ async fn sigterm_unregisters_everything_and_exits_zero() {
         &nats,
         "routes:\n  - {name: web, port: 8080, uris: [web.example.com], registration_interval: 10s}\n  - {name: web-np, type: nodeport, vip: web, port: 30080, registration_interval: 10s}\n",
     );
-    bus.wait_for("both announcements", Duration::from_secs(5), |m| count(m, "router.register") == 1 && count(m, "lb.register") == 1).await;
+    bus.wait_for("both announcements", Duration::from_secs(5), |m| count(m, "router.register") == 1 && count(m, "lb.register.web") == 1).await;
     registrar.service.signal(Signal::SIGTERM);
     let status = registrar.service.wait_exit(Duration::from_secs(5)).expect("the registrar exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}:\n{}", registrar.service.log());
-    let messages = bus.wait_for("both withdrawals", Duration::from_secs(2), |m| count(m, "router.unregister") == 1 && count(m, "lb.unregister") == 1).await;
+    let messages = bus.wait_for("both withdrawals", Duration::from_secs(2), |m| count(m, "router.unregister") == 1 && count(m, "lb.unregister.web") == 1).await;
     let registered = messages.iter().find(|m| m.subject == "router.register").map(|m| m.body.clone());
     let unregistered = messages.iter().find(|m| m.subject == "router.unregister").map(|m| m.body.clone());
     assert_eq!(registered, unregistered, "the withdrawal names the same endpoint");
@@ -223,12 +223,14 @@ async fn nodeport_routes_go_to_lb_register_with_health_gating() {
             "routes:\n  - {{name: web-np, type: nodeport, vip: web, port: {nodeport}, weight: 2, registration_interval: 200ms, health_check: {{tcp: {{address: \"127.0.0.1:{nodeport}\"}}}}}}\n"
         ),
     );
-    let messages = bus.wait_for("lb registrations", Duration::from_secs(5), |m| count(m, "lb.register") >= 2).await;
+    // Announcements go out on the VIP's own subject, which NATS permissions can grant per tenant.
+    let messages = bus.wait_for("lb registrations", Duration::from_secs(5), |m| count(m, "lb.register.web") >= 2).await;
+    assert_eq!(count(&messages, "lb.register"), 0, "nothing goes out on the unscoped subject");
     assert_eq!(messages[0].body, json!({"vip": "web", "host": "127.0.0.1", "port": nodeport, "weight": 2}));
     assert_eq!(count(&messages, "router.register"), 0, "a nodeport is not an HTTP route");
     drop(listener);
-    let messages = bus.wait_for("an lb withdrawal", Duration::from_secs(2), |m| count(m, "lb.unregister") >= 1).await;
-    let withdrawal = messages.iter().find(|m| m.subject == "lb.unregister").expect("an lb.unregister");
+    let messages = bus.wait_for("an lb withdrawal", Duration::from_secs(2), |m| count(m, "lb.unregister.web") >= 1).await;
+    let withdrawal = messages.iter().find(|m| m.subject == "lb.unregister.web").expect("an lb.unregister.web");
     assert_eq!(withdrawal.body, messages[0].body);
 }
 
