@@ -101,14 +101,17 @@ impl Hosts {
 /// address it saw.
 fn get(client: &Netns, vip: &str) -> Result<(String, String), String> {
     let target: SocketAddr = format!("{vip}:80").parse().map_err(|e| format!("{e}"))?;
-    client.enter(move || {
-        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n").map_err(|e| format!("send: {e}"))?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).map_err(|e| format!("receive: {e}"))?;
-        parse_answer(&answer)
-    })
+    client.enter(move || get_from_here(target))
+}
+
+/// One `GET /` on a fresh connection to `target`, from the namespace the calling thread is in.
+fn get_from_here(target: SocketAddr) -> Result<(String, String), String> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("receive: {e}"))?;
+    parse_answer(&answer)
 }
 
 fn parse_answer(answer: &str) -> Result<(String, String), String> {
@@ -409,4 +412,56 @@ fn a_bad_config_is_refused_before_the_kernel_is_touched() {
         }
     }
     assert_eq!(lb.sh("nft list tables; ip route show table local proto 83"), "");
+}
+
+#[test]
+fn traffic_through_a_vip_survives_lb_restarts_without_a_failed_connection() {
+    let hosts = hosts();
+    let _servers = [hosts.serve(0, 10001, "cell1"), hosts.serve(1, 10001, "cell2")];
+    let path = hosts.write("lb.yaml", &config("", &web_vip(&[0, 1])));
+    let mut lb = hosts.start_lb(&path);
+    assert_eq!(names(&hosts.spread(VIP, 6)), both());
+
+    // A client opens a fresh connection through the VIP every 10 ms, and holds one keep-alive connection,
+    // while lb is restarted three times (SIGTERM, and once SIGKILL, as a crash would).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client_stop = std::sync::Arc::clone(&stop);
+    let target: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let traffic = std::thread::scope(|scope| {
+        let traffic = scope.spawn(|| {
+            hosts.client.enter(move || {
+                let (mut ok, mut failures) = (0u32, Vec::new());
+                while !client_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match get_from_here(target) {
+                        Ok(_) => ok += 1,
+                        Err(err) => failures.push(err),
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (ok, failures)
+            })
+        });
+        let mut held = Held::open(&hosts.client, VIP);
+        let (first, _) = held.request().unwrap();
+        for kill in [false, true, false] {
+            std::thread::sleep(Duration::from_millis(700));
+            if kill {
+                lb.kill();
+            } else {
+                lb.signal(nix::sys::signal::Signal::SIGTERM);
+                assert!(lb.wait_exit(Duration::from_secs(5)).is_some(), "lb did not stop on SIGTERM");
+            }
+            // The kernel keeps forwarding while no lb runs at all.
+            std::thread::sleep(Duration::from_millis(300));
+            lb = hosts.start_lb(&path);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(held.request().map(|(name, _)| name), Ok(first), "the held connection must survive every restart");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        traffic.join().unwrap()
+    });
+    let (ok, failures) = traffic;
+    println!("through three lb restarts: {ok} connections answered, {} failed", failures.len());
+    assert!(ok > 100, "too little traffic to judge: {ok}");
+    assert!(failures.is_empty(), "connections failed while lb restarted: {failures:?}\n{}", lb.log());
 }
