@@ -18,6 +18,9 @@ pub mod maglev;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod reference;
 pub mod registry;
 pub mod reload;
 pub mod route_key;

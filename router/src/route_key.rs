@@ -64,6 +64,8 @@ pub fn path_segments(path: &str) -> impl Iterator<Item = &str> {
 
 /// A request's host, lower-cased, port removed, held in a stack buffer.
 pub struct RequestHost {
+    /// `buf[0]` is spare, so the wildcard for a host that starts with a dot (`.b.com` → `*.b.com`) has room for its
+    /// `*`; the host itself is `buf[1..=len]`.
     buf: [u8; MAX_HOST_LEN + 1],
     len: usize,
 }
@@ -76,7 +78,7 @@ impl RequestHost {
             return None;
         }
         let mut buf = [0u8; MAX_HOST_LEN + 1];
-        let dest = buf.get_mut(..host.len())?;
+        let dest = buf.get_mut(1..=host.len())?;
         for (out, byte) in dest.iter_mut().zip(host) {
             if !byte.is_ascii_graphic() {
                 return None;
@@ -89,7 +91,7 @@ impl RequestHost {
     /// The normalised host.
     pub fn as_str(&self) -> &str {
         // Only ASCII graphic bytes were copied in, so this never fails.
-        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+        std::str::from_utf8(self.buf.get(1..=self.len).unwrap_or_default()).unwrap_or_default()
     }
 
     /// Calls `visit` with the exact host, then each wildcard that covers it, most specific first
@@ -98,18 +100,15 @@ impl RequestHost {
         if let Some(found) = visit(self.as_str()) {
             return Some(found);
         }
-        let len = self.len;
-        let mut start = 0;
-        // Each wildcard candidate is written in place: the byte before a dot becomes `*`. Later candidates lie
-        // to the right of earlier ones, so overwriting is safe.
-        while let Some(offset) = self.buf.get(start..len)?.iter().position(|&b| b == b'.') {
+        let end = self.len + 1;
+        let mut start = 1;
+        // Each wildcard candidate is written in place: the byte before a dot becomes `*` (for a leading dot, the
+        // spare byte in front of the host). Later candidates lie to the right of earlier ones, so overwriting is
+        // safe.
+        while let Some(offset) = self.buf.get(start..end)?.iter().position(|&b| b == b'.') {
             let dot = start + offset;
-            if dot == 0 {
-                start = dot + 1;
-                continue;
-            }
             *self.buf.get_mut(dot - 1)? = b'*';
-            let candidate = std::str::from_utf8(self.buf.get(dot - 1..len)?).ok()?;
+            let candidate = std::str::from_utf8(self.buf.get(dot - 1..end)?).ok()?;
             if let Some(found) = visit(candidate) {
                 return Some(found);
             }
@@ -119,18 +118,22 @@ impl RequestHost {
     }
 }
 
-/// Drops a `:port` suffix; keeps an IPv6 literal's brackets.
+/// Drops a `:port` suffix; keeps an IPv6 literal's brackets. Anything else after a literal's `]` is not a port, so
+/// such a host is kept whole (and routes nowhere) rather than shortened to the literal.
 fn strip_port(raw: &[u8]) -> &[u8] {
+    let is_port = |port: &[u8]| port.iter().all(u8::is_ascii_digit);
     if raw.first() == Some(&b'[') {
         return match raw.iter().position(|&b| b == b']') {
-            Some(end) => raw.get(..=end).unwrap_or(raw),
+            Some(end) => match raw.get(end + 1..) {
+                Some([]) => raw,
+                Some([b':', port @ ..]) if is_port(port) => raw.get(..=end).unwrap_or(raw),
+                _ => raw,
+            },
             None => raw,
         };
     }
     match raw.iter().rposition(|&b| b == b':') {
-        Some(colon) if raw.get(colon + 1..).is_some_and(|port| port.iter().all(u8::is_ascii_digit)) => {
-            raw.get(..colon).unwrap_or(raw)
-        }
+        Some(colon) if raw.get(colon + 1..).is_some_and(is_port) => raw.get(..colon).unwrap_or(raw),
         _ => raw,
     }
 }
@@ -161,6 +164,12 @@ mod tests {
         assert_eq!(host("App.Example.com:8080").as_deref(), Some("app.example.com"));
         assert_eq!(host("app.example.com").as_deref(), Some("app.example.com"));
         assert_eq!(host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host("[::1]").as_deref(), Some("[::1]"));
+        // Only a `:port` after an IPv6 literal is dropped; anything else keeps the host whole (the route_lookup fuzz
+        // target found `[x]y` routed as `[x]`).
+        assert_eq!(host("[::1]evil").as_deref(), Some("[::1]evil"));
+        assert_eq!(host("[::1]:80:80").as_deref(), Some("[::1]:80:80"));
+        assert_eq!(host("[::1:80").as_deref(), Some("[::1:80"));
         assert_eq!(host("10.0.0.1:80").as_deref(), Some("10.0.0.1"));
         assert_eq!(host(""), None);
         assert_eq!(host(":80"), None);
@@ -168,16 +177,37 @@ mod tests {
         assert_eq!(host(&"a".repeat(300)), None);
     }
 
-    #[test]
-    fn wildcard_candidates_walk_outwards() {
-        let mut host = RequestHost::parse(b"a.b.c.com").unwrap();
+    /// Every candidate the walk offers for a Host value, in order.
+    fn candidates(raw: &[u8]) -> Vec<String> {
+        let mut host = RequestHost::parse(raw).unwrap();
         let mut seen = Vec::new();
         let found: Option<()> = host.find_map(|candidate| {
             seen.push(candidate.to_owned());
             None
         });
         assert!(found.is_none());
-        assert_eq!(seen, ["a.b.c.com", "*.b.c.com", "*.c.com", "*.com"]);
+        seen
+    }
+
+    #[test]
+    fn wildcard_candidates_walk_outwards() {
+        assert_eq!(candidates(b"a.b.c.com"), ["a.b.c.com", "*.b.c.com", "*.c.com", "*.com"]);
+    }
+
+    #[test]
+    fn a_leading_dot_has_a_wildcard_too() {
+        // The walk used to skip the wildcard of a leading dot, which the reference model (`crate::reference`) offers.
+        assert_eq!(candidates(b".b.com:80"), [".b.com", "*.b.com", "*.com"]);
+        assert_eq!(candidates(b".."), ["..", "*..", "*."]);
+    }
+
+    #[test]
+    fn a_full_length_host_walks_its_wildcards() {
+        let long = format!("{}.com", "a".repeat(MAX_HOST_LEN - 4));
+        let mut host = RequestHost::parse(long.as_bytes()).unwrap();
+        assert_eq!(host.as_str(), long);
+        let found = host.find_map(|c| (c == "*.com").then_some(()));
+        assert_eq!(found, Some(()));
     }
 
     #[test]

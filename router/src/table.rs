@@ -301,6 +301,7 @@ mod tests {
 
     mod model {
         use super::*;
+        use crate::reference::lookup as reference;
         use proptest::prelude::*;
         use std::collections::BTreeSet;
 
@@ -315,33 +316,6 @@ mod tests {
                 uri.push_str(SEGMENTS[*segment]);
             }
             uri
-        }
-
-        /// The routing rules written the slow, obvious way.
-        fn reference(routes: &BTreeSet<String>, host: &str, path: &[String]) -> Option<String> {
-            let mut candidates = vec![host.to_owned()];
-            let labels: Vec<&str> = host.split('.').collect();
-            for i in 1..labels.len() {
-                candidates.push(format!("*.{}", labels[i..].join(".")));
-            }
-            for candidate in candidates {
-                let best = routes
-                    .iter()
-                    .filter_map(|route| {
-                        let mut parts = route.split('/');
-                        let route_host = parts.next()?;
-                        let route_path: Vec<&str> = parts.collect();
-                        let matches = route_host == candidate
-                            && route_path.len() <= path.len()
-                            && route_path.iter().zip(path).all(|(a, b)| a.eq_ignore_ascii_case(b));
-                        matches.then_some((route_path.len(), route.clone()))
-                    })
-                    .max();
-                if let Some((_, route)) = best {
-                    return Some(route);
-                }
-            }
-            None
         }
 
         fn op() -> impl Strategy<Value = (bool, usize, Vec<usize>)> {
