@@ -408,6 +408,32 @@ impl ParseableParametrized<[u8], GenlHeader> for IpvsReply {
     }
 }
 
+/// The one thing read from the generic netlink controller's answer: the family id (`CTRL_ATTR_FAMILY_ID`).
+///
+/// Read here rather than through netlink-packet-generic's `GenlCtrl`, whose parser panics on some malformed
+/// attributes the id does not need (an empty `CTRL_ATTR_POLICY`, for one); every other attribute is skipped
+/// unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ControllerReply {
+    family_id: Option<u16>,
+}
+
+/// `CTRL_ATTR_FAMILY_ID`.
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+
+impl ParseableParametrized<[u8], GenlHeader> for ControllerReply {
+    fn parse_with_param(buffer: &[u8], _header: GenlHeader) -> Result<Self, DecodeError> {
+        let mut family_id = None;
+        for attribute in NlasIterator::new(buffer) {
+            let attribute = attribute?;
+            if attribute.kind() == CTRL_ATTR_FAMILY_ID {
+                family_id = Some(value_u16(attribute.value(), "family id")?);
+            }
+        }
+        Ok(Self { family_id })
+    }
+}
+
 /// Splits a datagram into its netlink messages and decodes each.
 pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>, DecodeError> {
     let mut replies = Vec::new();
@@ -426,16 +452,8 @@ pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>, DecodeError> {
 
 fn decode_message(message_type: u16, sequence: u32, message: &[u8]) -> Result<Reply, DecodeError> {
     let body = if message_type == GENL_ID_CTRL {
-        match NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(message)?.payload {
-            NetlinkPayload::InnerMessage(ctrl) => ctrl
-                .payload
-                .nlas
-                .iter()
-                .find_map(|nla| match nla {
-                    GenlCtrlAttrs::FamilyId(id) => Some(ReplyBody::Family(*id)),
-                    _ => None,
-                })
-                .unwrap_or(ReplyBody::Ignored),
+        match NetlinkMessage::<GenlMessage<ControllerReply>>::deserialize(message)?.payload {
+            NetlinkPayload::InnerMessage(ctrl) => ctrl.payload.family_id.map_or(ReplyBody::Ignored, ReplyBody::Family),
             other => control_body(other),
         }
     } else {
@@ -864,6 +882,21 @@ mod tests {
 
         let bodies: Vec<_> = decode(&datagram).unwrap().into_iter().map(|reply| (reply.sequence, reply.body)).collect();
         assert_eq!(bodies, vec![(21, ReplyBody::Ack), (22, ReplyBody::Error(17)), (23, ReplyBody::Family(0x24))]);
+    }
+
+    #[test]
+    fn controller_replies_skip_attributes_other_than_the_id() {
+        // An empty CTRL_ATTR_POLICY (8): netlink-packet-generic's controller parser panicked on it (found by the
+        // ipvs_decode fuzz target).
+        let mut policy_only = nlmsghdr(24, GENL_ID_CTRL, 0, 5);
+        policy_only.extend([1, 2, 0, 0, 4, 0, 8, 0]);
+        assert_eq!(decode(&policy_only).unwrap(), vec![Reply { sequence: 5, body: ReplyBody::Ignored }]);
+        let mut with_id = nlmsghdr(32, GENL_ID_CTRL, 0, 6);
+        with_id.extend([1, 2, 0, 0, 4, 0, 8, 0, 6, 0, 1, 0, 0x24, 0, 0, 0]);
+        assert_eq!(decode(&with_id).unwrap(), vec![Reply { sequence: 6, body: ReplyBody::Family(0x24) }]);
+        let mut short_id = nlmsghdr(28, GENL_ID_CTRL, 0, 7);
+        short_id.extend([1, 2, 0, 0, 5, 0, 1, 0, 0x24, 0, 0, 0]);
+        assert!(decode(&short_id).is_err(), "a one-byte family id is refused");
     }
 
     #[test]
