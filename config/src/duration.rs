@@ -61,7 +61,8 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         let mut scale = unit_nanos;
         for digit in fraction.bytes() {
             scale /= 10;
-            term += u128::from(digit - b'0') * scale;
+            // The whole part alone may already sit just under u128::MAX, so the fraction can overflow too.
+            term = term.checked_add(u128::from(digit - b'0') * scale).ok_or_else(|| bad("too large"))?;
         }
         total_nanos = total_nanos.checked_add(term).ok_or_else(|| bad("too large"))?;
         rest = after_unit;
@@ -164,6 +165,9 @@ mod tests {
         for bad in ["", "s", "10", "10x", "-5s", "1..5s", "abc", "5 m", "99999999999999999999999999h"] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
+        // The whole part times the unit fits in a u128 just below its maximum, the fraction does not. This used to
+        // overflow (a panic in debug builds, a tiny wrapped duration in release) instead of being refused.
+        assert!(parse("340282366920938463463374607431.999999999s").is_err());
     }
 
     #[test]
