@@ -34,7 +34,12 @@ impl RouterProcess {
     /// and has subscribed to registrations (it announces `router.start` only after subscribing).
     /// `overrides` replace or add top-level YAML keys, e.g. `("droplet_stale_threshold", "2s")`.
     pub fn start(nats: &NatsServer, overrides: &[(&str, &str)]) -> Self {
-        let router = Self::spawn(nats, overrides);
+        Self::start_with_env(nats, overrides, &[])
+    }
+
+    /// [`RouterProcess::start`] with extra environment variables for the process.
+    pub fn start_with_env(nats: &NatsServer, overrides: &[(&str, &str)], envs: &[(&str, &str)]) -> Self {
+        let router = Self::spawn_with_env(nats, overrides, envs);
         let health = SocketAddr::from(([127, 0, 0, 1], router.status_port));
         let healthy = wait_until(Duration::from_secs(15), || status_code(health, "/health") == Some(200));
         assert!(healthy, "router did not become healthy:\n{}", router.service.log());
@@ -45,6 +50,10 @@ impl RouterProcess {
 
     /// Starts a router without waiting for it (for tests of start-up itself).
     pub fn spawn(nats: &NatsServer, overrides: &[(&str, &str)]) -> Self {
+        Self::spawn_with_env(nats, overrides, &[])
+    }
+
+    fn spawn_with_env(nats: &NatsServer, overrides: &[(&str, &str)], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("create a router directory");
         let port = free_port();
         let status_port = free_port();
@@ -61,7 +70,7 @@ impl RouterProcess {
         let ssl_port = keys.iter().find(|(k, _)| k == "ssl_port").and_then(|(_, v)| v.parse().ok());
         let config = write_config(dir.path(), &keys);
         let config_arg = config.display().to_string();
-        let service = Service::spawn("router", &binary("router"), &["--config", &config_arg], &[], dir.path());
+        let service = Service::spawn("router", &binary("router"), &["--config", &config_arg], envs, dir.path());
         Self { service, port, status_port, access_log, ssl_port, keys, dir }
     }
 

@@ -44,6 +44,20 @@ async fn all_stable_routable(router: &RouterProcess) {
     }
 }
 
+/// Two backends serving the stable routes through a fresh router, registered once (the default TTL outlives
+/// every test here).
+async fn stable_routes_on_two_backends() -> (Vec<TestBackend>, NatsServer, RouterProcess) {
+    let backends = start_backends(2).await;
+    let nats = NatsServer::start();
+    let router = RouterProcess::start(&nats, &[]);
+    let client = nats.client().await;
+    for backend in &backends {
+        publish(&client, "router.register", &registration(backend.port(), &STABLE)).await;
+    }
+    all_stable_routable(&router).await;
+    (backends, nats, router)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_outage_longer_than_the_ttl_fails_no_request() {
     let backends = start_backends(2).await;
@@ -71,14 +85,7 @@ async fn a_nats_outage_longer_than_the_ttl_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_fails_at_most_the_requests_it_held() {
-    let backends = start_backends(2).await;
-    let nats = NatsServer::start();
-    let router = RouterProcess::start(&nats, &[]);
-    let client = nats.client().await;
-    for backend in &backends {
-        publish(&client, "router.register", &registration(backend.port(), &STABLE)).await;
-    }
-    all_stable_routable(&router).await;
+    let (backends, _nats, router) = stable_routes_on_two_backends().await;
 
     let connections = 8;
     let load = tokio::spawn(load::run(LoadSpec::new(router.addr(), &STABLE, connections, Duration::from_secs(6), Duration::from_millis(4))));
@@ -97,14 +104,8 @@ async fn a_killed_backend_fails_at_most_the_requests_it_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_route_updates_a_second_never_disturb_stable_routes() {
-    let backends = start_backends(2).await;
-    let nats = NatsServer::start();
-    let router = RouterProcess::start(&nats, &[]);
+    let (backends, nats, router) = stable_routes_on_two_backends().await;
     let client = nats.client().await;
-    for backend in &backends {
-        publish(&client, "router.register", &registration(backend.port(), &STABLE)).await;
-    }
-    all_stable_routable(&router).await;
 
     let load = tokio::spawn(load::run(LoadSpec::new(router.addr(), &STABLE, 8, Duration::from_secs(6), Duration::from_millis(4))));
     // 100 updates a second: new routes registered, older ones unregistered, and the stable routes' own endpoints
