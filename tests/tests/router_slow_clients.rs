@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 
 const HOST: &str = "app.example.com";
 
+/// The tests here time things; they run one at a time so neither skews the other's clock.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Waits for the router to close `stream`; returns how long that took from `since`, or None if it stayed open
 /// for `limit`. Anything the router sends first (an error answer) is read and returned too.
 async fn closed_after(stream: &mut TcpStream, since: Instant, limit: Duration) -> Option<(Duration, Vec<u8>)> {
@@ -34,6 +37,7 @@ async fn closed_after(stream: &mut TcpStream, since: Instant, limit: Duration) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_and_idle_connections_are_closed_on_time() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let backend = TestBackend::start("app").await;
     let nats = NatsServer::start();
     let router = RouterProcess::start(&nats, &[("read_header_timeout", "1s"), ("frontend_idle_timeout", "2s")]);
@@ -92,6 +96,7 @@ async fn ordinary_latency(router: &RouterProcess) -> load::LoadReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_slow_connections_do_not_delay_normal_requests() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let backend = TestBackend::start("app").await;
     let nats = NatsServer::start();
     let router = RouterProcess::start(&nats, &[("read_header_timeout", "12s")]);
