@@ -10,7 +10,6 @@ use crate::duration;
 use crate::error::{ConfigError, Validate};
 use crate::load::{Loaded, parse_json};
 use crate::messages::check_vip_name;
-use crate::nats_auth::NatsAuthKeys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -104,19 +103,7 @@ pub struct LbNatsConfig {
     pub max_message_bytes: usize,
 }
 
-impl LbNatsConfig {
-    /// The credential and TLS keys, checked as the router checks its own.
-    pub fn auth_keys(&self) -> NatsAuthKeys<'_> {
-        NatsAuthKeys {
-            user: &self.user,
-            pass: &self.pass,
-            tls_enabled: self.tls_enabled,
-            ca_certs: &self.ca_certs,
-            cert_chain: &self.cert_chain,
-            private_key: &self.private_key,
-        }
-    }
-}
+crate::nats_auth::impl_auth_keys!(LbNatsConfig);
 
 impl Default for LbNatsConfig {
     fn default() -> Self {

@@ -23,6 +23,27 @@ pub struct NatsAuthKeys<'a> {
     pub private_key: &'a str,
 }
 
+/// Gives a config's `nats` section an `auth_keys()` that borrows its `user`, `pass`, `tls_enabled`, `ca_certs`,
+/// `cert_chain` and `private_key` fields, which both configs spell alike.
+macro_rules! impl_auth_keys {
+    ($section:ty) => {
+        impl $section {
+            /// The credential and TLS keys, checked by the rule the router and `lb` share.
+            pub fn auth_keys(&self) -> $crate::nats_auth::NatsAuthKeys<'_> {
+                $crate::nats_auth::NatsAuthKeys {
+                    user: &self.user,
+                    pass: &self.pass,
+                    tls_enabled: self.tls_enabled,
+                    ca_certs: &self.ca_certs,
+                    cert_chain: &self.cert_chain,
+                    private_key: &self.private_key,
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_auth_keys;
+
 impl NatsAuthKeys<'_> {
     /// The first half-configured pair, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {

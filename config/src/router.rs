@@ -6,7 +6,6 @@
 use crate::duration;
 use crate::error::{ConfigError, Validate};
 use crate::messages::LbAlgorithm;
-use crate::nats_auth::NatsAuthKeys;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -333,19 +332,7 @@ pub struct NatsConfig {
     pub allow_loopback_backends: bool,
 }
 
-impl NatsConfig {
-    /// The credential and TLS keys, for the checks the router shares with `lb`.
-    pub fn auth_keys(&self) -> NatsAuthKeys<'_> {
-        NatsAuthKeys {
-            user: &self.user,
-            pass: &self.pass,
-            tls_enabled: self.tls_enabled,
-            ca_certs: &self.ca_certs,
-            cert_chain: &self.cert_chain,
-            private_key: &self.private_key,
-        }
-    }
-}
+crate::nats_auth::impl_auth_keys!(NatsConfig);
 
 impl Default for NatsConfig {
     fn default() -> Self {
