@@ -1,5 +1,8 @@
 //! The router's command line: gorouter-compatible config loading, `--check-config`, and clear errors.
 
+// Test code: a panic is a failed test, with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::Duration;
 use switchyard_tests::{NatsServer, RouterProcess, binary, wait_until};
