@@ -198,7 +198,7 @@ pub async fn run(config: RouterConfig, material: Material, config_path: PathBuf)
             None => None,
         };
         let setup = WorkerSetup {
-            proxy: Arc::new(Proxy::new(Arc::clone(&table), settings.clone(), clock, metrics.clone(), dialer.clone(), removals.clone())),
+            proxy: Arc::new(Proxy::new(Arc::clone(&table), settings.clone(), clock, metrics.clone(), dialer.clone(), removals.clone(), Arc::clone(&control.closing))),
             listener,
             tls,
             timeouts,
@@ -276,6 +276,7 @@ pub async fn run(config: RouterConfig, material: Material, config_path: PathBuf)
 async fn begin_drain(config: &RouterConfig, health: &Health, control: &WorkerControl, signals: &mut Signals) -> bool {
     tracing::info!(drain_wait = ?config.drain_wait, drain_timeout = ?config.effective_drain_timeout(), "draining");
     health.set(Phase::Draining);
+    control.closing.store(true, std::sync::atomic::Ordering::Relaxed);
     if !wait_or_stop(config.drain_wait, signals).await {
         control.stop.cancel();
         return false;

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,6 +60,8 @@ pub struct WorkerSetup {
 /// How the control thread steers the workers.
 #[derive(Clone, Default)]
 pub struct WorkerControl {
+    /// A drain has begun: HTTP/1 answers close their connections (see [`Proxy::serve`]).
+    pub closing: Arc<AtomicBool>,
     /// Stop accepting and let open connections finish (graceful drain).
     pub drain: CancellationToken,
     /// Stop now: abandon whatever is still open.
@@ -112,6 +114,11 @@ impl Drop for OpenGuard {
     }
 }
 
+/// How long a connection may still start a request once its worker stops accepting. Clients that connected
+/// just before the listener closed have their first request in flight; closing their connection at once would
+/// fail it. Busy connections close by themselves after their answer (`Connection: close` while draining).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// Accepts on `listener`, or never when there is none (so `select!` can treat both listeners alike).
 async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
@@ -154,21 +161,21 @@ async fn worker(setup: WorkerSetup, control: WorkerControl) -> std::io::Result<(
                 continue;
             }
         };
-        let guard = OpenGuard::new(&serving);
-        tokio::spawn(async move {
-            let serving = &guard.0;
-            let result = match tls {
-                None => serve_plain(serving, stream, client).await,
-                Some(config) => serve_tls(serving, stream, client, config).await,
-            };
-            if let Err(err) = result {
-                tracing::debug!(%err, "client connection ended with an error");
-            }
-            drop(guard);
-        });
+        spawn_connection(&serving, stream, client, tls);
     }
-    drop(plain);
-    drop(secure);
+    // Connections the kernel completed before the listeners close are clients that already sent (or are sending)
+    // a request: when draining, serve them rather than reset them.
+    let (plain, secure) = if control.stop.is_cancelled() { (None, None) } else { (plain, secure) };
+    if let Some(listener) = plain {
+        for (stream, client) in accept_backlog(listener) {
+            spawn_connection(&serving, stream, client, None);
+        }
+    }
+    if let Some((listener, config)) = secure {
+        for (stream, client) in accept_backlog(listener) {
+            spawn_connection(&serving, stream, client, Some(config.load_full()));
+        }
+    }
     // Draining: open connections finish their requests; stop() ends the wait.
     while serving.open.load(Ordering::Relaxed) > 0 && !control.stop.is_cancelled() {
         tokio::select! {
@@ -180,6 +187,35 @@ async fn worker(setup: WorkerSetup, control: WorkerControl) -> std::io::Result<(
     body::flush_access_log();
     LocalMetrics::flush();
     Ok(())
+}
+
+fn spawn_connection(serving: &Arc<Serving>, stream: TcpStream, client: SocketAddr, tls: Option<Arc<ServerConfig>>) {
+    let guard = OpenGuard::new(serving);
+    tokio::spawn(async move {
+        let serving = &guard.0;
+        let result = match tls {
+            None => serve_plain(serving, stream, client).await,
+            Some(config) => serve_tls(serving, stream, client, config).await,
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, "client connection ended with an error");
+        }
+        drop(guard);
+    });
+}
+
+/// Takes every connection waiting in a listener's queue, then closes the listener. Connections that arrive later
+/// are refused by the kernel, which clients tell apart from a failed request.
+fn accept_backlog(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let mut accepted = Vec::new();
+    let Ok(listener) = listener.into_std() else { return accepted };
+    while let Ok((stream, client)) = listener.accept() {
+        match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+            Ok(stream) => accepted.push((stream, client)),
+            Err(err) => tracing::debug!(%err, "could not take over a queued connection"),
+        }
+    }
+    accepted
 }
 
 async fn serve_plain(serving: &Serving, stream: TcpStream, client: SocketAddr) -> Result<(), hyper::Error> {
@@ -255,19 +291,23 @@ where
     until_drained(connection, &serving.drain, |connection| connection.graceful_shutdown()).await
 }
 
-/// Drives a connection to its end; when draining starts, asks it to finish the requests in flight and close.
+/// Drives a connection to its end; when draining starts, gives it [`DRAIN_GRACE`] to start a request (or close
+/// after its answer), then asks it to finish the requests in flight and close.
 async fn until_drained<C, E>(connection: C, drain: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
-        result = connection.as_mut() => result,
-        () = drain.cancelled() => {
-            shutdown(connection.as_mut());
-            connection.await
-        }
+        result = connection.as_mut() => return result,
+        () = drain.cancelled() => {}
     }
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = tokio::time::sleep(DRAIN_GRACE) => {}
+    }
+    shutdown(connection.as_mut());
+    connection.await
 }
 
 /// Periodic per-worker housekeeping: hand access-log lines to the writer, fold local metrics into the shared

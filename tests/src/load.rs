@@ -105,7 +105,8 @@ impl LoadReport {
         )
     }
 
-    fn merge(&mut self, other: Self) {
+    /// Adds another run's results to this one.
+    pub fn merge(&mut self, other: Self) {
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
         }

@@ -87,11 +87,49 @@ async fn half_open_and_idle_connections_are_closed_on_time() {
     assert_eq!(backend.count(), served_before + 1, "{:?}", backend.requests());
 }
 
-/// Paced requests for `seconds` on a few connections: the latency an ordinary client sees.
+/// Paced requests for three seconds on a few connections: the latency an ordinary client sees.
 async fn ordinary_latency(router: &RouterProcess) -> load::LoadReport {
-    let report = load::run(LoadSpec::new(router.addr(), &[HOST], 4, Duration::from_secs(4), Duration::from_millis(4))).await;
+    let report = load::run(LoadSpec::new(router.addr(), &[HOST], 4, Duration::from_secs(3), Duration::from_millis(4))).await;
     assert!(report.failures.is_empty() && report.unexpected(200) == 0, "{}", report.summary());
     report
+}
+
+const ATTACKERS: usize = 5000;
+
+/// Opens the attackers' connections: half connect and say nothing, half send part of a head.
+async fn open_slow_connections(router: &RouterProcess) -> Vec<TcpStream> {
+    let opened = Instant::now();
+    let mut slow = Vec::with_capacity(ATTACKERS);
+    for index in 0..ATTACKERS {
+        let mut stream = TcpStream::connect(router.addr()).await.expect("open a slow connection");
+        if index % 2 == 1 {
+            stream.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ").as_bytes()).await.expect("write a partial head");
+        }
+        slow.push(stream);
+    }
+    println!("opened {ATTACKERS} slow connections in {:?}", opened.elapsed());
+    slow
+}
+
+/// The trickling half sends a byte about once a second each, every attacker at its own moment (as independent
+/// slowloris clients do), for `duration`. Hands the connections back.
+fn trickle(mut slow: Vec<TcpStream>, duration: Duration) -> tokio::task::JoinHandle<Vec<TcpStream>> {
+    const TICK: Duration = Duration::from_millis(10);
+    let ticks_per_second = 100;
+    tokio::spawn(async move {
+        let per_tick = (ATTACKERS / 2).div_ceil(ticks_per_second);
+        let mut ticks = tokio::time::interval(TICK);
+        let until = Instant::now() + duration;
+        let mut turn = 0;
+        while Instant::now() < until {
+            ticks.tick().await;
+            for stream in slow.iter_mut().skip(1).step_by(2).skip(turn % ticks_per_second * per_tick).take(per_tick) {
+                let _ = stream.write_all(b"a").await;
+            }
+            turn += 1;
+        }
+        slow
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,45 +141,42 @@ async fn five_thousand_slow_connections_do_not_delay_normal_requests() {
     publish(&nats.client().await, "router.register", &registration(backend.port(), &[HOST])).await;
     assert!(router.wait_for_status(HOST, "/", 200, Duration::from_secs(5)).await);
     let _ = ordinary_latency(&router).await; // warm up pools and caches
-    let unloaded = ordinary_latency(&router).await;
 
-    // 5,000 attackers: half connect and say nothing, half send part of a head and then a byte now and then.
-    let opened = Instant::now();
-    let mut slow = Vec::with_capacity(5000);
-    for index in 0..5000 {
-        let mut stream = TcpStream::connect(router.addr()).await.expect("open a slow connection");
-        if index % 2 == 1 {
-            stream.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ").as_bytes()).await.expect("write a partial head");
-        }
-        slow.push(stream);
-    }
-    println!("opened 5000 slow connections in {:?}", opened.elapsed());
-    let trickling = tokio::spawn(async move {
-        for _ in 0..6 {
-            for stream in slow.iter_mut().skip(1).step_by(2) {
-                let _ = stream.write_all(b"a").await;
+    // Rounds with and without the attackers take turns, so a change in what else the machine is doing falls on
+    // both sides of the comparison rather than on one.
+    let mut unloaded = load::LoadReport::default();
+    let mut loaded = load::LoadReport::default();
+    let mut last = Vec::new();
+    for round in 0..3 {
+        unloaded.merge(ordinary_latency(&router).await);
+        let slow = open_slow_connections(&router).await;
+        let opened = Instant::now();
+        let trickling = trickle(slow, Duration::from_secs(4));
+        loaded.merge(ordinary_latency(&router).await);
+        let slow = trickling.await.expect("trickle task");
+        if round == 2 {
+            last = slow;
+            // And every one of them is closed once its head is overdue.
+            let deadline = opened + Duration::from_secs(20);
+            let mut closed = 0;
+            for stream in &mut last {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if closed_after(stream, opened, left.max(Duration::from_millis(1))).await.is_some() {
+                    closed += 1;
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        slow
-    });
-    let loaded = ordinary_latency(&router).await;
-    println!("unloaded: {}", unloaded.summary());
-    println!("with 5000 slow connections: {}", loaded.summary());
-    let (before, during) = (unloaded.quantile(0.99), loaded.quantile(0.99));
-    assert!(during <= before * 2, "p99 rose from {before:?} to {during:?} with 5000 slow connections");
-
-    // And every one of them is closed once its head is overdue.
-    let mut slow = trickling.await.expect("trickle task");
-    let deadline = opened + Duration::from_secs(25);
-    let mut closed = 0;
-    for stream in &mut slow {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if closed_after(stream, opened, left.max(Duration::from_millis(1))).await.is_some() {
-            closed += 1;
+            println!("{closed} of {ATTACKERS} slow connections closed within 20s of opening");
+            assert_eq!(closed, ATTACKERS);
+        } else {
+            drop(slow);
+            // Let the router see the closes before the next unloaded round.
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    println!("{closed} of 5000 slow connections closed within 25s of opening");
-    assert_eq!(closed, 5000);
+    drop(last);
+    println!("unloaded: {}", unloaded.summary());
+    println!("with {ATTACKERS} slow connections: {}", loaded.summary());
+    let (before, during) = (unloaded.quantile(0.99), loaded.quantile(0.99));
+    assert!(during <= before * 2, "p99 rose from {before:?} to {during:?} with {ATTACKERS} slow connections");
     assert_eq!(backend.requests().iter().filter(|r| r.headers.contains_key("x-slow")).count(), 0);
 }

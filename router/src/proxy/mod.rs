@@ -39,6 +39,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use switchyard_config::router::{ForwardedClientCert, RouterConfig};
 use tokio::sync::mpsc;
@@ -132,6 +133,7 @@ pub struct Proxy {
     metrics: RouterMetrics,
     dialer: Dialer,
     removals: mpsc::Sender<Removal>,
+    closing: Arc<AtomicBool>,
 }
 
 /// A backend's answer and what to keep until its body has been sent.
@@ -212,7 +214,8 @@ fn is_idempotent(method: &Method) -> bool {
 
 impl Proxy {
     /// A handler reading routes from `table`, dialling backends with `dialer`, and asking the registry (through
-    /// `removals`) to drop endpoints that fail the backend identity check.
+    /// `removals`) to drop endpoints that fail the backend identity check. Once `closing` is set (a drain has
+    /// begun), HTTP/1 connections are closed after the answer they are giving.
     pub fn new(
         table: Arc<ArcSwap<RouteTable>>,
         settings: ProxySettings,
@@ -220,8 +223,9 @@ impl Proxy {
         metrics: RouterMetrics,
         dialer: Dialer,
         removals: mpsc::Sender<Removal>,
+        closing: Arc<AtomicBool>,
     ) -> Self {
-        Self { table, settings, clock, metrics, dialer, removals }
+        Self { table, settings, clock, metrics, dialer, removals, closing }
     }
 
     /// Handles one request.
@@ -230,10 +234,16 @@ impl Proxy {
     /// resolved a `Transfer-Encoding` + `Content-Length` conflict in favour of the chunks, but a front proxy that
     /// read the other header would disagree about where the next request starts; closing means no byte after the
     /// body is ever read as a request.
+    ///
+    /// While draining, every HTTP/1 answer says `Connection: close`. A server that closes an idle keep-alive
+    /// connection races the client's next request on it, and the client sees that request fail; closing right
+    /// after an answer, which the client was told about, loses nothing. (HTTP/2 connections get a GOAWAY instead,
+    /// which names the last stream served.)
     pub async fn serve(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
-        let chunked = request.headers().contains_key(TRANSFER_ENCODING);
+        let close = request.headers().contains_key(TRANSFER_ENCODING)
+            || (request.version() != Version::HTTP_2 && self.closing.load(Ordering::Relaxed));
         let mut response = self.route(request, conn).await;
-        if chunked {
+        if close {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
@@ -600,7 +610,7 @@ mod future_sizes {
         let (removals, _queue) = mpsc::channel(1);
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
         let dialer = Dialer { timeout: Duration::from_secs(1), tls: live.backend };
-        let proxy = Proxy::new(table, ProxySettings::from_config(&config), Clock::new(), RouterMetrics::new(), dialer, removals);
+        let proxy = Proxy::new(table, ProxySettings::from_config(&config), Clock::new(), RouterMetrics::new(), dialer, removals, Arc::default());
         let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "http", Arc::new(Activity::default()));
         let key = UpstreamKey { target: crate::endpoint::DialTarget::new("a", 1), tls_name: None, http2: false };
         let route = size_of_future(|r: Request<Incoming>| proxy.serve(r, &conn));
