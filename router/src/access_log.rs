@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Buffers this large are handed to the writer without waiting for the tick.
 const FLUSH_AT: usize = 32 * 1024;
@@ -60,15 +60,22 @@ pub struct Totals {
     pub bytes_in: u64,
     /// Response body bytes sent.
     pub bytes_out: u64,
-    /// Seconds from arrival to the end of the response.
-    pub response_time: f64,
+    /// From arrival to the end of the response.
+    pub response_time: Duration,
     /// Of which the router's own share (everything but waiting on the backend).
-    pub router_time: f64,
+    pub router_time: Duration,
+}
+
+/// Whether a byte must be escaped or replaced inside a quoted field.
+fn needs_care(b: u8) -> bool {
+    matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f)
 }
 
 fn push_quoted(out: &mut Vec<u8>, value: Option<&[u8]>) {
     out.push(b'"');
     match value {
+        // Almost every value is plain text: copy it whole.
+        Some(bytes) if !bytes.is_empty() && !bytes.iter().copied().any(needs_care) => out.extend_from_slice(bytes),
         Some(bytes) if !bytes.is_empty() => {
             for &b in bytes {
                 match b {
@@ -83,9 +90,80 @@ fn push_quoted(out: &mut Vec<u8>, value: Option<&[u8]>) {
     out.push(b'"');
 }
 
-fn push_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{value}");
+/// Appends `n` as exactly `width` decimal digits, zero-padded (`n` must fit).
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(n).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(text.len())));
+    out.extend_from_slice(text);
+}
+
+/// Appends a duration as seconds with six decimals (`0.001500`), rounded to the microsecond, without going
+/// through floating point.
+fn push_seconds(out: &mut Vec<u8>, duration: Duration) {
+    let micros = duration.as_nanos().saturating_add(500) / 1000;
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(micros / 1_000_000).as_bytes());
+    out.push(b'.');
+    push_padded(out, micros % 1_000_000, 6);
+}
+
+/// Appends a client address (`198.18.0.1:5555`, `[::1]:80`).
+fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    let mut digits = itoa::Buffer::new();
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        SocketAddr::V6(v6) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    out.extend_from_slice(digits.format(addr.port()).as_bytes());
+}
+
+thread_local! {
+    /// The formatted `YYYY-MM-DDTHH:MM:SS.` of the last second logged on this thread: every line in the same
+    /// second shares it, so only the nanoseconds are formatted per line.
+    static SECOND: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
+}
+
+/// Appends an RFC 3339 timestamp with nanoseconds in UTC (`2023-11-14T22:13:20.123456789Z`).
+fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    let cached = SECOND.with(|cell| {
+        let mut cached = cell.try_borrow_mut().ok()?;
+        if cached.0 != second {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            // `YYYY-MM-DDTHH:MM:SSZ`: keep everything before the `Z` and put the decimal point in its place.
+            let prefix = text.as_bytes().get(..19)?;
+            cached.1[..19].copy_from_slice(prefix);
+            cached.1[19] = b'.';
+            cached.0 = second;
+        }
+        Some(cached.1)
+    });
+    match cached {
+        Some(prefix) => {
+            out.extend_from_slice(&prefix);
+            push_padded(out, u64::from(since_epoch.subsec_nanos()), 9);
+            out.push(b'Z');
+        }
+        // Years past 9999 do not fit the cached layout; format them the slow way.
+        None => {
+            let _ = write!(out, "{}", humantime::format_rfc3339_nanos(at));
+        }
+    }
 }
 
 fn header_bytes(value: Option<&HeaderValue>) -> Option<&[u8]> {
@@ -99,7 +177,7 @@ pub fn format_line(out: &mut Vec<u8>, entry: &Entry, totals: &Totals) {
         _ => out.push(b'-'),
     }
     out.extend_from_slice(b" - [");
-    push_display(out, humantime::format_rfc3339_nanos(entry.started.unwrap_or(SystemTime::UNIX_EPOCH)));
+    push_timestamp(out, entry.started.unwrap_or(SystemTime::UNIX_EPOCH));
     out.extend_from_slice(b"] \"");
     out.extend_from_slice(entry.method.as_str().as_bytes());
     out.push(b' ');
@@ -128,7 +206,7 @@ pub fn format_line(out: &mut Vec<u8>, entry: &Entry, totals: &Totals) {
     match entry.client {
         Some(client) => {
             out.push(b'"');
-            push_display(out, client);
+            push_socket_addr(out, client);
             out.push(b'"');
         }
         None => out.extend_from_slice(b"\"-\""),
@@ -142,9 +220,9 @@ pub fn format_line(out: &mut Vec<u8>, entry: &Entry, totals: &Totals) {
     out.extend_from_slice(b" vcap_request_id:");
     push_quoted(out, header_bytes(entry.request_id.as_ref()));
     out.extend_from_slice(b" response_time:");
-    push_display(out, format_args!("{:.6}", totals.response_time));
+    push_seconds(out, totals.response_time);
     out.extend_from_slice(b" gorouter_time:");
-    push_display(out, format_args!("{:.6}", totals.router_time));
+    push_seconds(out, totals.router_time);
     out.extend_from_slice(b" app_id:");
     push_quoted(out, entry.backend.as_ref().and_then(|e| e.app_id()).map(HeaderValue::as_bytes));
     out.extend_from_slice(b" app_index:");
@@ -224,7 +302,6 @@ fn write_loop(file: File, receiver: &Receiver<Vec<u8>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn line_follows_the_gorouter_layout() {
@@ -243,7 +320,13 @@ mod tests {
             request_id: Some(HeaderValue::from_static("abc")),
             router_error: Some(HeaderValue::from_static("unknown_route")),
         };
-        let totals = Totals { status: 404, bytes_in: 0, bytes_out: 70, response_time: 0.0015, router_time: 0.0015 };
+        let totals = Totals {
+            status: 404,
+            bytes_in: 0,
+            bytes_out: 70,
+            response_time: Duration::from_micros(1500),
+            router_time: Duration::from_nanos(1_499_600),
+        };
         let mut out = Vec::new();
         format_line(&mut out, &entry, &totals);
         let line = String::from_utf8(out).unwrap();
@@ -254,5 +337,33 @@ mod tests {
              x_forwarded_proto:\"http\" vcap_request_id:\"abc\" response_time:0.001500 gorouter_time:0.001500 \
              app_id:\"-\" app_index:\"-\" instance_id:\"-\" x_cf_routererror:\"unknown_route\"\n"
         );
+    }
+
+    #[test]
+    fn hand_formatted_fields_match_the_standard_formatting() {
+        for nanos in [0u64, 1, 999_999_999, 1_700_000_000_123_456_789, 1_700_000_001_000_000_007, 18_000_000_000_000_000_000] {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos);
+            let mut out = Vec::new();
+            push_timestamp(&mut out, at);
+            assert_eq!(String::from_utf8(out).unwrap(), humantime::format_rfc3339_nanos(at).to_string(), "{nanos}");
+        }
+        for micros in [0u64, 1, 999_999, 1_000_000, 12_345_678_901] {
+            let mut out = Vec::new();
+            push_seconds(&mut out, Duration::from_micros(micros));
+            #[allow(clippy::cast_precision_loss)]
+            let expected = format!("{:.6}", micros as f64 / 1e6);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        for addr in ["198.18.0.1:5555", "0.0.0.0:0", "[::1]:80", "[2001:db8::1]:65535"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            push_socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+        }
+        let mut out = Vec::new();
+        push_quoted(&mut out, Some(b"plain text"));
+        push_quoted(&mut out, Some(b"a\"b\\c\x01"));
+        push_quoted(&mut out, Some(b""));
+        assert_eq!(String::from_utf8(out).unwrap(), "\"plain text\"\"a\\\"b\\\\c?\"\"-\"");
     }
 }

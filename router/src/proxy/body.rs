@@ -128,8 +128,8 @@ impl Drop for Exchange {
                 status: self.status,
                 bytes_in: self.bytes_in.as_ref().map_or(0, |b| b.bytes.load(Ordering::Relaxed)),
                 bytes_out: self.bytes_out,
-                response_time: response_time.as_secs_f64(),
-                router_time: response_time.saturating_sub(self.backend_time).as_secs_f64(),
+                response_time,
+                router_time: response_time.saturating_sub(self.backend_time),
             };
             log.record(&self.entry, &totals);
         });

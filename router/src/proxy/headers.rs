@@ -6,7 +6,7 @@
 use crate::endpoint::Endpoint;
 use crate::proxy::answer::Malformed;
 use crate::proxy::arena;
-use http::header::{CONNECTION, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, EXPECT, Entry, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -33,6 +33,10 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `Content-Length`) and `Upgrade`. For a protocol upgrade, `Upgrade` stays and `Connection: upgrade` is
 /// restored, since the switch has to reach the other side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over the names is cheaper than a hashed removal per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -55,6 +59,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+/// Whether a header is one of the fixed hop-by-hop set (`Connection` may name more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
 }
 
 /// What, in a request hyper accepted, the router still refuses to forward: more than one Host, or transfer codings
@@ -108,30 +117,34 @@ pub struct Forwarding<'a> {
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Start` and a fresh `X-Vcap-Request-Id`, and drops
 /// `Expect` (the router already answered the client's `100-continue` by reading the body). Returns the request id.
 pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: ProtoPolicy) -> Option<HeaderValue> {
-    let forwarded_for = if headers.contains_key(X_FORWARDED_FOR) {
-        let prior: Vec<&[u8]> = headers.get_all(X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-        let total = prior.iter().map(|p| p.len() + 2).sum::<usize>() + facts.client_ip.len();
-        arena::value(total, |slab| {
-            for part in &prior {
-                slab.extend_from_slice(part);
-                slab.extend_from_slice(b", ");
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut prior) => {
+            let total = prior.iter().map(|p| p.len() + 2).sum::<usize>() + facts.client_ip.len();
+            let joined = arena::value(total, |slab| {
+                for part in prior.iter() {
+                    slab.extend_from_slice(part.as_bytes());
+                    slab.extend_from_slice(b", ");
+                }
+                slab.extend_from_slice(facts.client_ip.as_bytes());
+            });
+            if let Some(value) = joined {
+                prior.insert(value);
             }
-            slab.extend_from_slice(facts.client_ip.as_bytes());
-        })
-    } else {
-        Some(facts.client_ip.clone())
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(facts.client_ip.clone());
+        }
     }
     if proto.force_https {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    } else if proto.sanitize || !headers.contains_key(X_FORWARDED_PROTO) {
+    } else if proto.sanitize {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(facts.scheme));
+    } else if let Entry::Vacant(slot) = headers.entry(X_FORWARDED_PROTO) {
+        slot.insert(HeaderValue::from_static(facts.scheme));
     }
-    if !headers.contains_key(X_REQUEST_START)
+    if let Entry::Vacant(slot) = headers.entry(X_REQUEST_START)
         && let Some(value) = arena::number(facts.arrived_unix_ms) {
-            headers.insert(X_REQUEST_START, value);
+            slot.insert(value);
         }
     headers.remove(EXPECT);
     let request_id = arena::uuid();
