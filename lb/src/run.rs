@@ -322,6 +322,8 @@ fn prune_interval(threshold: Duration) -> Duration {
 /// Runs `lb` until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), LbError> {
     let config = load_config(config_path)?;
+    // Health probes hold a connection per backend at once.
+    switchyard_runtime::limits::raise_open_file_limit();
     let mut signals = Signals::new().map_err(LbError::Signals)?;
     let metrics = LbMetrics::new();
 

@@ -94,6 +94,7 @@ const REMOVAL_QUEUE: usize = 1024;
 /// already built from `config` (so a bad certificate stopped the start before anything listened); `config_path`
 /// is where the config came from, re-read to reload certificates.
 pub async fn run(config: RouterConfig, material: Material, config_path: PathBuf) -> Result<(), AppError> {
+    switchyard_runtime::limits::raise_open_file_limit();
     let metrics = RouterMetrics::new();
     let clock = Clock::new();
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));

@@ -132,3 +132,47 @@ async fn a_client_that_gives_up_is_logged_as_499() {
     let logged = switchyard_tests::wait_until(Duration::from_secs(5), || router.access_log().contains("\"GET /wait HTTP/1.1\" 499"));
     assert!(logged, "access log: {}", router.access_log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_slower_than_endpoint_timeout_gets_502_after_the_timeout() {
+    let nats = NatsServer::start();
+    let backend = TestBackend::start_with(|_| Reply::ok("late").delay(Duration::from_secs(3))).await;
+    let router = RouterProcess::start(&nats, &[("endpoint_timeout", "500ms")]);
+    publish(&nats.client().await, "router.register", &registration(backend.port(), &["slow.example.com"])).await;
+    assert!(router.wait_for_status("slow.example.com", "/", 502, Duration::from_secs(10)).await);
+    let started = std::time::Instant::now();
+    let answer = router.get("slow.example.com", "/").await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 502);
+    let reason = answer.header("x-cf-routererror").unwrap_or_default();
+    assert!(reason.starts_with("endpoint_failure (") && reason.contains("timeout"), "{reason}");
+    assert!(waited >= Duration::from_millis(450) && waited < Duration::from_secs(2), "answered after {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_accepts_gets_502_after_the_dial_timeout() {
+    // A listener whose accept queue is full drops further SYNs, so a connect to it hangs until the dialler gives
+    // up, as it does for a backend host that has vanished from the network.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    socket.listen(0).expect("listen");
+    let port = socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).expect("port");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+            fillers.push(stream);
+        }
+    }
+    let nats = NatsServer::start();
+    let router = RouterProcess::start(&nats, &[("endpoint_dial_timeout", "400ms"), ("endpoint_timeout", "20s")]);
+    publish(&nats.client().await, "router.register", &registration(port, &["unreachable.example.com"])).await;
+    assert!(router.wait_for_status("unreachable.example.com", "/", 502, Duration::from_secs(10)).await);
+    let started = std::time::Instant::now();
+    let answer = router.get("unreachable.example.com", "/").await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 502);
+    let reason = answer.header("x-cf-routererror").unwrap_or_default();
+    assert!(reason.contains("dial") && reason.contains("timed out"), "{reason}");
+    assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(3), "answered after {waited:?}");
+    drop(fillers);
+}

@@ -9,6 +9,7 @@
 // Test code: a panic is a failed test, with the reason.
 #![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use std::time::{Duration, Instant};
 use switchyard_tests::load::{self, LoadSpec};
 use switchyard_tests::{NatsServer, RouterProcess, TestBackend, publish, registration};
@@ -135,6 +136,10 @@ fn trickle(mut slow: Vec<TcpStream>, duration: Duration) -> tokio::task::JoinHan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_slow_connections_do_not_delay_normal_requests() {
     let _alone = ONE_AT_A_TIME.lock().await;
+    // This process holds the attackers' 5,000 sockets; the default soft limit (1,024 on many machines) would refuse
+    // them. The router raises its own limit at start-up.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("read the open file limit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the open file limit");
     let backend = TestBackend::start("app").await;
     let nats = NatsServer::start();
     let router = RouterProcess::start(&nats, &[("read_header_timeout", "12s")]);

@@ -208,6 +208,22 @@ fn route_text(host: &[u8], uri: &Uri) -> String {
     format!("{}{}", String::from_utf8_lossy(host), uri.path())
 }
 
+/// Whether a backend connection ended before any byte of an answer: a clean close (EOF) or a reset, the two ways
+/// a backend that stopped, or timed out an idle connection, ends it.
+fn closed_without_answer(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        }
+        cause = inner.source();
+    }
+    false
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
@@ -540,7 +556,8 @@ impl Proxy {
 
     /// One attempt on one endpoint. A pooled connection that turns out closed (the backend timed it out just as
     /// the request went) is replaced by a fresh one, once, when the request can be sent again: it was never
-    /// written, or it is idempotent and bodyless.
+    /// written, or it is idempotent and bodyless. An idempotent, bodyless request whose fresh connection closed
+    /// before any answer (the backend died under it) goes back to the caller to try another endpoint.
     async fn attempt(&self, key: &UpstreamKey, identity: &str, mut request: Request<RequestBody>) -> Attempt {
         let mut pooled_allowed = true;
         loop {
@@ -548,7 +565,7 @@ impl Proxy {
                 Ok(pair) => pair,
                 Err(error) => return Attempt::Retry(request, error.into()),
             };
-            let replay = (reused && is_idempotent(request.method()) && matches!(request.body(), RequestBody::Empty)).then(|| {
+            let replay = (is_idempotent(request.method()) && matches!(request.body(), RequestBody::Empty)).then(|| {
                 let mut copy = Request::new(RequestBody::Empty);
                 *copy.method_mut() = request.method().clone();
                 *copy.uri_mut() = request.uri().clone();
@@ -572,8 +589,8 @@ impl Proxy {
                         return Attempt::ClientFault(fault);
                     }
                     // Replay only when the backend closed without answering, as it does when it times out an idle
-                    // connection; any other failure may have been seen by the backend.
-                    let closed_unanswered = error.error().is_incomplete_message();
+                    // connection or dies; any other failure may have been seen by the backend.
+                    let closed_unanswered = closed_without_answer(error.error());
                     let recovered = error.take_message().or_else(|| replay.filter(|_| closed_unanswered));
                     let error = AttemptError::Broken(error.into_error());
                     match recovered {
