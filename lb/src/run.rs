@@ -110,7 +110,7 @@ fn announcement_subjects(nats: &LbNatsConfig) -> Vec<String> {
 async fn subscribe_announcements(
     client: &async_nats::Client,
     nats: &LbNatsConfig,
-    sender: mpsc::UnboundedSender<(Action, LbRegistration)>,
+    sender: mpsc::Sender<(Action, LbRegistration)>,
     metrics: &LbMetrics,
 ) -> Result<(), LbError> {
     let limits = MessageLimits { max_payload_bytes: nats.max_message_bytes, ..MessageLimits::default() };
@@ -123,7 +123,7 @@ async fn subscribe_announcements(
             while let Some(message) = subscription.next().await {
                 match read_announcement(message.subject.as_str(), &message.payload, &limits) {
                     Ok(announcement) => {
-                        if sender.send(announcement).is_err() {
+                        if sender.send(announcement).await.is_err() {
                             return;
                         }
                     }
@@ -319,6 +319,9 @@ fn prune_interval(threshold: Duration) -> Duration {
     (threshold / 10).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// Parsed announcements waiting for the event loop.
+const ANNOUNCEMENT_QUEUE: usize = 4096;
+
 /// Runs `lb` until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), LbError> {
     let config = load_config(config_path)?;
@@ -353,7 +356,9 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
     tokio::spawn(switchyard_runtime::status::serve(listener, Arc::clone(&status) as _, shutdown.clone()));
     tracing::info!(address = %config.status.address, "status listener up");
 
-    let (announce_tx, mut announce_rx) = mpsc::unbounded_channel();
+    // Bounded, so a storm that outruns the event loop waits in the NATS client's own buffer, whose overflow is
+    // counted as a slow consumer, instead of growing this process without limit.
+    let (announce_tx, mut announce_rx) = mpsc::channel(ANNOUNCEMENT_QUEUE);
     let (kv_tx, mut kv_rx) = mpsc::unbounded_channel();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let (_no_link_tx, no_link) = watch::channel(LinkState::default());
