@@ -157,21 +157,59 @@ async fn sigusr1_drains_and_lets_in_flight_requests_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_quickly() {
+async fn sigterm_and_sigint_stop_quickly() {
     let backend = TestBackend::start_with(|_| Reply::ok("never").delay(Duration::from_secs(30))).await;
     let nats = NatsServer::start();
-    let mut router = RouterProcess::start(&nats, &[("drain_timeout", "60s")]);
     let client = nats.client().await;
-    publish(&client, "router.register", &registration(backend.port(), &["slow.example.com"])).await;
-    assert!(router.routes_eventually_have("slow.example.com").await);
-    let addr = router.addr();
-    let _stuck = tokio::spawn(async move { switchyard_tests::http::send(addr, hyper::Request::get("/").header("host", "slow.example.com").body(Default::default()).unwrap()).await });
-    assert!(wait_until(Duration::from_secs(5), || backend.count() == 1));
-    let asked = Instant::now();
-    router.service.signal(Signal::SIGTERM);
-    let status = router.service.wait_exit(Duration::from_secs(5)).expect("router stops");
-    assert!(status.success(), "{status:?}");
-    assert!(asked.elapsed() < Duration::from_secs(2), "took {:?}", asked.elapsed());
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut router = RouterProcess::start(&nats, &[("drain_timeout", "60s")]);
+        publish(&client, "router.register", &registration(backend.port(), &["slow.example.com"])).await;
+        assert!(router.routes_eventually_have("slow.example.com").await);
+        let addr = router.addr();
+        let held = backend.count();
+        let _stuck = tokio::spawn(async move { switchyard_tests::http::send(addr, hyper::Request::get("/").header("host", "slow.example.com").body(Default::default()).unwrap()).await });
+        assert!(wait_until(Duration::from_secs(5), || backend.count() == held + 1));
+        let asked = Instant::now();
+        router.service.signal(signal);
+        let status = router.service.wait_exit(Duration::from_secs(5)).expect("router stops");
+        assert!(status.success(), "{signal}: {status:?}");
+        assert!(asked.elapsed() < Duration::from_secs(2), "{signal} took {:?}", asked.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_fails_over_to_the_next_nats_server_and_announces_itself_there() {
+    let backend = TestBackend::start("ok").await;
+    let mut servers = [NatsServer::start(), NatsServer::start()];
+    let hosts = format!(
+        "{{hosts: [{{hostname: 127.0.0.1, port: {}}}, {{hostname: 127.0.0.1, port: {}}}]}}",
+        servers[0].port(),
+        servers[1].port()
+    );
+    let router = RouterProcess::start(&servers[0], &[("nats", &hosts)]);
+    // The servers are not clustered, so a registration reaches the router only through the server it is on.
+    let clients = [servers[0].client().await, servers[1].client().await];
+    let mut current = None;
+    for _ in 0..50 {
+        for (index, client) in clients.iter().enumerate() {
+            publish(client, "router.register", &registration(backend.port(), &[&format!("via-{index}.example.com")])).await;
+        }
+        let routes = router.routes().await;
+        current = (0..2).find(|index| routes.get(format!("via-{index}.example.com")).is_some());
+        if current.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let current = current.expect("the router is connected to one of the two servers");
+    let other = 1 - current;
+    let mut starts = clients[other].subscribe("router.start").await.unwrap();
+    servers[current].stop();
+    let announced = tokio::time::timeout(Duration::from_secs(15), starts.next()).await;
+    assert!(matches!(announced, Ok(Some(_))), "no router.start on the other server after the first one died:\n{}", router.service.log());
+    publish(&clients[other], "router.register", &registration(backend.port(), &["after.example.com"])).await;
+    assert!(router.wait_for_status("after.example.com", "/", 200, Duration::from_secs(5)).await);
+    assert_eq!(router.get(&format!("via-{current}.example.com"), "/").await.status, 200, "routes learnt before the failover stay");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,3 +288,58 @@ async fn websocket_upgrades_are_tunnelled() {
     }
     socket.close(None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proto_is_kept_sanitized_or_forced_as_configured() {
+    let backend = TestBackend::start("ok").await;
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    // (router config, what the client sends, what the backend must see)
+    let cases: [(&[(&str, &str)], _, _); 3] = [
+        (&[], "https", "https"),
+        (&[("sanitize_forwarded_proto", "true")], "https", "http"),
+        (&[("force_forwarded_proto_https", "true")], "http", "https"),
+    ];
+    for (overrides, sent, expected) in cases {
+        let router = RouterProcess::start(&nats, overrides);
+        publish(&client, "router.register", &registration(backend.port(), &["proto.example.com"])).await;
+        assert!(router.routes_eventually_have("proto.example.com").await);
+        let before = backend.requests().len();
+        let answer = http::get_with(router.addr(), "proto.example.com", "/", &[("x-forwarded-proto", sent)]).await;
+        assert_eq!(answer.status, 200);
+        let seen = backend.requests();
+        assert_eq!(seen.len(), before + 1);
+        assert_eq!(seen[before].header("x-forwarded-proto").as_deref(), Some(expected), "{overrides:?} with the client sending {sent}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_may_choose_its_own_balancing_algorithm() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let nats = NatsServer::start();
+    let router = RouterProcess::start(&nats, &[("balancing_algorithm", "round-robin")]);
+    let client = nats.client().await;
+    for backend in [&a, &b] {
+        let mut message = registration(backend.port(), &["hashed.example.com"]);
+        message["options"] = serde_json::json!({"lb_algo": "hash", "hash_header": "X-User"});
+        publish(&client, "router.register", &message).await;
+    }
+    for _ in 0..250 {
+        if router.routes().await["hashed.example.com"].as_array().is_some_and(|x| x.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut homes = std::collections::BTreeSet::new();
+    for user in 0..16 {
+        let user = format!("user-{user}");
+        let first = http::get_with(router.addr(), "hashed.example.com", "/", &[("x-user", &user)]).await.text();
+        for _ in 0..4 {
+            let again = http::get_with(router.addr(), "hashed.example.com", "/", &[("x-user", &user)]).await.text();
+            assert_eq!(again, first, "{user} always reaches the same instance");
+        }
+        homes.insert(first);
+    }
+    assert_eq!(homes.into_iter().collect::<Vec<_>>(), ["a", "b"], "users are spread over both instances");
+}

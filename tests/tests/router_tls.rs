@@ -69,6 +69,11 @@ async fn sni_picks_exact_then_wildcard_then_the_first_certificate() {
     assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
     assert_eq!(seen.header("host").as_deref(), Some("b.example.com"));
 
+    // So does the first certificate's own name: being first makes it the default, not a catch-all.
+    let answer = tls::get(addr, "a.example.com", Arc::clone(&client), "a.example.com", "/", &[]).await.unwrap();
+    assert_eq!(answer.server_cert, first.der);
+    assert_eq!(answer.answer.status, 404);
+
     // One label under the wildcard gets the wildcard certificate.
     let answer = tls::get(addr, "shop.apps.example.com", Arc::clone(&client), "shop.apps.example.com", "/", &[]).await.unwrap();
     assert_eq!(answer.server_cert, wildcard.der);
