@@ -133,6 +133,15 @@ async fn a_client_that_gives_up_is_logged_as_499() {
     assert!(logged, "access log: {}", router.access_log());
 }
 
+/// Asks `host` for `/`, expects a 502, and returns its `X-Cf-Routererror` and how long the answer took.
+async fn timed_502(router: &RouterProcess, host: &str) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let answer = router.get(host, "/").await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 502, "{host}");
+    (answer.header("x-cf-routererror").unwrap_or_default(), waited)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_slower_than_endpoint_timeout_gets_502_after_the_timeout() {
     let nats = NatsServer::start();
@@ -140,11 +149,7 @@ async fn a_backend_slower_than_endpoint_timeout_gets_502_after_the_timeout() {
     let router = RouterProcess::start(&nats, &[("endpoint_timeout", "500ms")]);
     publish(&nats.client().await, "router.register", &registration(backend.port(), &["slow.example.com"])).await;
     assert!(router.wait_for_status("slow.example.com", "/", 502, Duration::from_secs(10)).await);
-    let started = std::time::Instant::now();
-    let answer = router.get("slow.example.com", "/").await;
-    let waited = started.elapsed();
-    assert_eq!(answer.status, 502);
-    let reason = answer.header("x-cf-routererror").unwrap_or_default();
+    let (reason, waited) = timed_502(&router, "slow.example.com").await;
     assert!(reason.starts_with("endpoint_failure (") && reason.contains("timeout"), "{reason}");
     assert!(waited >= Duration::from_millis(450) && waited < Duration::from_secs(2), "answered after {waited:?}");
 }
@@ -167,11 +172,7 @@ async fn a_backend_that_never_accepts_gets_502_after_the_dial_timeout() {
     let router = RouterProcess::start(&nats, &[("endpoint_dial_timeout", "400ms"), ("endpoint_timeout", "20s")]);
     publish(&nats.client().await, "router.register", &registration(port, &["unreachable.example.com"])).await;
     assert!(router.wait_for_status("unreachable.example.com", "/", 502, Duration::from_secs(10)).await);
-    let started = std::time::Instant::now();
-    let answer = router.get("unreachable.example.com", "/").await;
-    let waited = started.elapsed();
-    assert_eq!(answer.status, 502);
-    let reason = answer.header("x-cf-routererror").unwrap_or_default();
+    let (reason, waited) = timed_502(&router, "unreachable.example.com").await;
     assert!(reason.contains("dial") && reason.contains("timed out"), "{reason}");
     assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(3), "answered after {waited:?}");
     drop(fillers);
