@@ -1,35 +1,46 @@
 //! The nftables dataplane: DNAT rules in a table of `lb`'s own, written in one atomic transaction per sync.
 //!
-//! It drives the `nft` binary with JSON (`nft -j`), the interface nftables itself keeps stable for programs, and
-//! keeps all knowledge of the ruleset's shape in [`ruleset`], which is pure. This module only runs `nft`.
+//! It drives the `nft` binary: changes go in as one `nft -f -` text transaction, and the table is read back with
+//! `nft -j list`, whose JSON nftables keeps stable for programs. All knowledge of the ruleset's shape is in
+//! [`ruleset`], which is pure; this module only runs `nft` and remembers what the table holds for each VIP (its
+//! [`ruleset::Footprint`]), so a change writes only the objects that differ instead of rereading 10,000 VIPs.
 //! The table is the ownership record: everything in it is `lb`'s, nothing outside it is touched.
 
 pub mod ruleset;
 
 use super::{Capabilities, Dataplane, DataplaneError, DataplaneSettings, ObservedServices};
-use crate::model::{Step, apply_step};
+use crate::model::{ServiceKey, Step, apply_step};
 use crate::tool::{NFT, is_absent};
+use ruleset::{Footprint, Listing};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Drives `nft` for one table.
 #[derive(Debug)]
 pub struct NftDataplane {
     settings: DataplaneSettings,
+    /// What the table holds for each VIP, as of the last listing plus the transactions applied since.
+    footprints: BTreeMap<ServiceKey, Footprint>,
+    /// The listing [`Dataplane::prepare`] made, kept for the [`Dataplane::observe`] that always follows it, so a
+    /// start or a repair lists a big table once rather than twice.
+    prepared: Option<Listing>,
 }
 
 impl NftDataplane {
     /// A dataplane for the table named in `settings`.
     pub fn new(settings: DataplaneSettings) -> Self {
-        Self { settings }
+        Self { settings, footprints: BTreeMap::new(), prepared: None }
     }
 
-    fn list(&self) -> Result<ruleset::Listing, DataplaneError> {
+    fn list(&mut self) -> Result<Listing, DataplaneError> {
         let table = &self.settings.nft_table;
-        match nft(&["-j", "list", "table", "inet", table], None) {
-            Ok(stdout) => ruleset::parse_listing(&stdout, &self.settings).map_err(DataplaneError::Observe),
+        let listing = match nft(&["-j", "list", "table", "inet", table], None) {
+            Ok(stdout) => ruleset::parse_listing(&stdout, &self.settings).map_err(DataplaneError::Observe)?,
             // The table not existing yet is the normal state of a fresh machine.
-            Err(err) if is_absent(&err) => Ok(ruleset::Listing::default()),
-            Err(err) => Err(err),
-        }
+            Err(err) if is_absent(&err) => Listing::default(),
+            Err(err) => return Err(err),
+        };
+        self.footprints.clone_from(&listing.footprints);
+        Ok(listing)
     }
 }
 
@@ -56,16 +67,22 @@ impl Dataplane for NftDataplane {
     }
 
     fn prepare(&mut self) -> Result<(), DataplaneError> {
-        if self.list()?.base_intact {
-            return Ok(());
+        let listing = self.list()?;
+        if !listing.base_intact {
+            tracing::info!(table = %self.settings.nft_table, "writing the nftables base chains");
+            let commands = ruleset::base(&self.settings.nft_table, &self.settings);
+            nft(&["-f", "-"], Some(&ruleset::transaction(&commands)))?;
         }
-        tracing::info!(table = %self.settings.nft_table, "writing the nftables base chains");
-        let commands = ruleset::base(&self.settings.nft_table, &self.settings);
-        nft(&["-j", "-f", "-"], Some(&ruleset::transaction(commands))).map(drop)
+        // Writing the base touches no VIP, so the listing still tells what the VIPs are.
+        self.prepared = Some(listing);
+        Ok(())
     }
 
     fn observe(&mut self) -> Result<ObservedServices, DataplaneError> {
-        let listing = self.list()?;
+        let listing = match self.prepared.take() {
+            Some(listing) => listing,
+            None => self.list()?,
+        };
         for damaged in &listing.damaged {
             tracing::warn!(table = %self.settings.nft_table, %damaged, "an nftables object in lb's table is not as lb wrote it; it will be rewritten");
         }
@@ -73,17 +90,32 @@ impl Dataplane for NftDataplane {
     }
 
     fn apply(&mut self, before: &ObservedServices, steps: &[Step]) -> Result<(), DataplaneError> {
-        let mut after = before.clone();
+        self.prepared = None;
+        let touched: BTreeSet<ServiceKey> = steps.iter().map(Step::service).collect();
+        let mut after: ObservedServices = touched.iter().filter_map(|key| Some((*key, before.get(key)?.clone()))).collect();
         for step in steps {
             apply_step(&mut after, step, true);
         }
         let table = &self.settings.nft_table;
         let mut commands = ruleset::skeleton(table);
-        let touched: std::collections::BTreeSet<_> = steps.iter().map(Step::service).collect();
+        let mut footprints = Vec::with_capacity(touched.len());
+        let absent = Footprint::default();
         for key in &touched {
-            commands.extend(ruleset::service_commands(table, key, before.get(key), after.get(key), &self.settings));
+            let present = self.footprints.get(key).unwrap_or(&absent);
+            let (service_commands, footprint) = ruleset::service_commands(table, key, present, after.get(key), &self.settings);
+            commands.extend(service_commands);
+            footprints.push((*key, footprint));
         }
-        nft(&["-j", "-f", "-"], Some(&ruleset::transaction(commands))).map(drop)
+        // A transaction applies whole or not at all, so on failure the footprints still describe the table.
+        nft(&["-f", "-"], Some(&ruleset::transaction(&commands)))?;
+        for (key, footprint) in footprints {
+            if footprint == Footprint::default() {
+                self.footprints.remove(&key);
+            } else {
+                self.footprints.insert(key, footprint);
+            }
+        }
+        Ok(())
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
