@@ -330,10 +330,12 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
     if let Some(traffic) = &traffic {
         metrics.registry.register(Box::new(traffic.collector("lb")));
     }
+    let reading = Instant::now();
     kernel.prepare()?;
     let observed = kernel.observe()?;
+    let seconds = reading.elapsed().as_secs_f64();
     let sources = initial_sources(&config, &observed, Instant::now());
-    tracing::info!(dataplane = kernel.dataplane_name(), services = observed.services.len(), addresses = observed.addresses.len(), "read the kernel");
+    tracing::info!(dataplane = kernel.dataplane_name(), services = observed.services.len(), addresses = observed.addresses.len(), seconds, "read the kernel");
     let timing = LoopTiming { min_interval: config.sync_min_interval, repair_interval: config.sync_interval };
     let sync = sync::spawn(kernel, timing, metrics.clone(), Some(observed)).map_err(LbError::Thread)?;
 

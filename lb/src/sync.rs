@@ -20,6 +20,7 @@ use crate::model::{DesiredState, ObservedState, Plan};
 use crate::reconcile::{ReconcileOptions, reconcile};
 use crate::sysctl;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,15 +74,24 @@ impl Kernel {
     }
 
     /// Applies a plan computed against `observed`: addresses first, then the dataplane steps, then releases.
-    pub fn apply(&mut self, observed: &ObservedState, plan: &Plan) -> Result<(), DataplaneError> {
+    /// Returns how long each part took, for the log line that reports the sync.
+    pub fn apply(&mut self, observed: &ObservedState, plan: &Plan) -> Result<ApplyTimes, DataplaneError> {
+        let mut times = ApplyTimes::default();
+        let started = Instant::now();
         if plan.add_addresses.iter().any(IpAddr::is_ipv6) {
             sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
         }
         self.addresses.apply(&plan.add_addresses, &[])?;
+        times.addresses = started.elapsed();
         if !plan.steps.is_empty() {
+            let started = Instant::now();
             self.dataplane.apply(&observed.services, &plan.steps)?;
+            times.dataplane = started.elapsed();
         }
-        self.addresses.apply(&[], &plan.remove_addresses)
+        let started = Instant::now();
+        self.addresses.apply(&[], &plan.remove_addresses)?;
+        times.addresses += started.elapsed();
+        Ok(times)
     }
 
     /// Removes everything `lb` owns: every owned service at once (no draining), the addresses, the dataplane's
@@ -95,6 +105,15 @@ impl Kernel {
         self.addresses.cleanup()?;
         Ok(plan)
     }
+}
+
+/// Where the time of applying a plan went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyTimes {
+    /// Making VIP addresses local and releasing them (`ip -batch`).
+    pub addresses: Duration,
+    /// The dataplane's steps (one nft transaction, or the IPVS netlink requests).
+    pub dataplane: Duration,
 }
 
 /// What the sync loop is asked to reach.
@@ -233,17 +252,22 @@ impl Syncer {
     }
 
     /// The kernel state to diff against: read afresh when due (or unknown), else the state previous syncs left.
+    /// Takes the known state out of `self.known`: until the sync succeeds and puts it back, the next one reads the
+    /// kernel again.
     fn kernel_state(&mut self) -> Result<ObservedState, DataplaneError> {
         let repair = Instant::now() >= self.next_repair;
-        if let (false, Some(known)) = (repair, &self.known) {
-            return Ok(known.clone());
+        if !repair && let Some(known) = self.known.take() {
+            return Ok(known);
         }
+        self.known = None;
         let started = Instant::now();
         if repair {
             self.kernel.repair()?;
         }
         let observed = self.kernel.observe()?;
-        let spacing = (started.elapsed() * READS_BETWEEN_REPAIRS).max(self.timing.repair_interval);
+        let seconds = started.elapsed();
+        tracing::debug!(seconds = seconds.as_secs_f64(), services = observed.services.len(), "read the kernel");
+        let spacing = (seconds * READS_BETWEEN_REPAIRS).max(self.timing.repair_interval);
         self.next_repair = Instant::now() + spacing;
         Ok(observed)
     }
@@ -256,22 +280,55 @@ impl Syncer {
             self.next_repair = Instant::now();
         }
         let mut state = self.kernel_state()?;
-        // Until this sync succeeds, the next one reads the kernel again.
-        self.known = None;
         let plan = reconcile(&request.desired, &state, self.kernel.options(request.complete));
+        let planned = started.elapsed();
         for conflict in &plan.conflicts {
             tracing::warn!(service = %conflict, "the kernel already has this service and lb does not own it; leaving it alone");
         }
         if !plan.is_empty() {
-            for line in plan.to_string().lines() {
-                tracing::info!(change = line, "sync");
-            }
-            self.kernel.apply(&state, &plan)?;
-            tracing::info!(changes = plan.len(), seconds = started.elapsed().as_secs_f64(), "kernel updated");
+            log_changes(&plan);
+            let times = self.kernel.apply(&state, &plan)?;
+            tracing::info!(
+                changes = plan.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                plan_seconds = planned.as_secs_f64(),
+                dataplane_seconds = times.dataplane.as_secs_f64(),
+                addresses_seconds = times.addresses.as_secs_f64(),
+                "kernel updated"
+            );
             plan.apply_to(&mut state);
         }
         self.known = Some(state);
         Ok(plan)
+    }
+}
+
+/// Plans up to this size are logged change by change; a bigger one (a start from empty, a big reload) is logged as
+/// a count per kind, its changes at debug level, so a 100,000-change sync does not spend longer writing its log
+/// than the kernel spends applying it.
+const LOGGED_CHANGES: usize = 100;
+
+fn log_changes(plan: &Plan) {
+    let large = plan.len() > LOGGED_CHANGES;
+    if large {
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for step in &plan.steps {
+            *kinds.entry(step.kind()).or_default() += 1;
+        }
+        kinds.insert("add_address", plan.add_addresses.len());
+        kinds.insert("remove_address", plan.remove_addresses.len());
+        let kinds: Vec<String> = kinds.into_iter().filter(|(_, n)| *n > 0).map(|(kind, n)| format!("{kind}={n}")).collect();
+        tracing::info!(changes = plan.len(), kinds = %kinds.join(" "), "sync (each change at debug level)");
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+    }
+    for line in plan.to_string().lines() {
+        if large {
+            tracing::debug!(change = line, "sync");
+        } else {
+            tracing::info!(change = line, "sync");
+        }
     }
 }
 
