@@ -103,10 +103,8 @@ fn update_service(steps: &mut Vec<Step>, key: ServiceKey, wanted: &DesiredServic
     if present.settings != wanted.settings {
         steps.push(Step::UpdateService(Service { key, settings: wanted.settings }));
     }
-    let mut kept = BTreeSet::new();
     // New and changed destinations go before removals, so a service is never left emptier than it needs to be.
     for destination in kernel_destinations(wanted, options) {
-        kept.insert(destination.key);
         match present.destinations.get(&destination.key) {
             None => steps.push(Step::AddDestination { service: key, destination }),
             Some(state) if state.weight != destination.weight => {
@@ -115,8 +113,10 @@ fn update_service(steps: &mut Vec<Step>, key: ServiceKey, wanted: &DesiredServic
             Some(_) => {}
         }
     }
+    // Looked up rather than collected: a sync compares every service, and almost all of them are unchanged.
     for (destination, state) in &present.destinations {
-        if !kept.contains(destination) {
+        let kept = wanted.destinations.get(destination).is_some_and(|weight| options.keeps_zero_weight || *weight > 0);
+        if !kept {
             retire_destination(steps, key, *destination, state.weight, state.active_connections, options);
         }
     }

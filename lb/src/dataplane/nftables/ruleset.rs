@@ -21,10 +21,12 @@
 //! - one map shared by every VIP is quadratic the other way: each element added is checked against every rule
 //!   bound to the map, and each rule bound against every element: 19 to 120 seconds;
 //! - sharding the map keeps both products small (about 40 rules and 400 elements per map), and the whole table
-//!   loads in one transaction in about two seconds, most of it `nft` parsing its input.
+//!   loads in one transaction in about two seconds through `nft`, most of it `nft` parsing its input, or in about
+//!   one second as a netlink batch ([`super::netlink`]).
 //!
-//! Writing uses nft's text syntax: nft 1.0.6 cannot read a JSON map declaration whose key has a `numgen` part
-//! (`typeof`), and its text parser is the faster of its two. Reading uses `nft -j list`, whose JSON is stable to
+//! Changes are written as netlink batches; this module also renders them as nft's text syntax, for declarations
+//! and for replaying a refused batch (nft 1.0.6 cannot read a JSON map declaration whose key has a `numgen` part
+//! (`typeof`), and its text parser is the faster of its two). Reading uses `nft -j list`, whose JSON is stable to
 //! parse: a VIP reads back as intact only if its chain holds exactly the rule `lb` would write for what its
 //! elements and the rule's comment record (the comment carries scheduler and persistence, which the rule alone
 //! cannot tell apart, e.g. `rr` from `wrr`). Anything else is reported as damaged and rewritten by the next sync.
@@ -33,6 +35,7 @@
 //! those only the elements that changed, all in one transaction. [`Footprint`] records what the table holds for a
 //! VIP, so a rewrite removes exactly what is there, even what someone else left half-written.
 
+use super::netlink::{Batch, SlotElement};
 use crate::dataplane::{DataplaneSettings, ObservedServices};
 use crate::model::{DestinationKey, ObservedDestination, ObservedService, Protocol, Scheduler, ServiceKey, ServiceSettings};
 use serde_json::Value;
@@ -42,7 +45,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 /// Seed of the source hash; fixed so that rewriting a chain does not move clients between backends.
-const HASH_SEED: u64 = 0x5359;
+pub(super) const HASH_SEED: u64 = 0x5359;
 /// Comment prefix of the rules `lb` writes.
 const RULE_TAG: &str = "sy";
 const SERVICES4: &str = "services4";
@@ -201,7 +204,7 @@ fn slot_ranges(service: &ObservedService) -> Vec<SlotRange> {
 
 /// How a VIP's rule picks a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Selector {
+pub(super) enum Selector {
     /// `numgen inc`: round robin.
     Rotate,
     /// `jhash` of the client address: a client keeps its backend.
@@ -210,7 +213,7 @@ enum Selector {
 
 /// What a VIP's one rule does: the single description both the writer and the reader go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum VipRule {
+pub(super) enum VipRule {
     /// No backend in rotation: refuse at once (TCP reset, or ICMP port unreachable for UDP).
     Reject,
     /// Flag for SNAT (with this mark, if SNAT is on) and DNAT through `map` by a slot out of `slots`.
@@ -343,64 +346,150 @@ fn slot_key(key: &ServiceKey, range: &SlotRange) -> String {
     format!("{} . {} . {}-{}", key.address, key.port, range.first, range.last)
 }
 
-/// Commands that bring one VIP from what the table holds (`present`) to `after` (absent: delete it), and the
-/// footprint the VIP has once they are applied.
-pub fn service_commands(
-    table: &str,
-    key: &ServiceKey,
-    present: &Footprint,
-    after: Option<&ObservedService>,
-    settings: &DataplaneSettings,
-) -> (Vec<String>, Footprint) {
-    let chain = chain_name(key);
-    let services = services_map(key);
-    let element = format!("{} . {} . {}", key.address, key.protocol, key.port);
-    let mut commands = Vec::new();
-    let mut wanted = Footprint::default();
-    if let Some(service) = after {
-        let map = backends_map(key);
-        wanted = Footprint {
-            target: Some(chain.clone()),
-            chain: true,
-            slots: slot_ranges(service).into_iter().map(|range| (map.clone(), range)).collect(),
-        };
-        let rule = VipRule::of(key, service, settings);
-        if rule != VipRule::Reject {
-            // The rule refers to the map, so the map must exist first.
-            commands.push(backends_map_declaration(table, key, &map));
+/// Most elements in one `add element` or `delete element` command, to keep each command's netlink messages and
+/// nft's parse of it modest.
+const ELEMENTS_PER_COMMAND: usize = 4096;
+
+/// The changes of one sync, gathered across VIPs so that a start from empty is a few thousand commands rather than
+/// a hundred thousand: each map declared once, each map's elements added in a few commands. They render as `nft`
+/// text ([`Changes::commands`]) or as one netlink batch ([`Changes::encode`]), in the same order.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// DNAT maps the new rules refer to, by name, with their declaration.
+    maps: BTreeMap<String, String>,
+    /// Chain and rule changes of the VIPs written.
+    chains: Vec<ChainChange>,
+    /// DNAT-map elements to delete and to add, by map.
+    removals: BTreeMap<String, Vec<SlotElement>>,
+    additions: BTreeMap<String, Vec<SlotElement>>,
+    /// Services-map elements to delete and add (with the chain they jump to), by map: after the chains they jump
+    /// to exist, before the chains they jumped to go.
+    service_removals: BTreeMap<&'static str, Vec<(ServiceKey, Option<String>)>>,
+    service_additions: BTreeMap<&'static str, Vec<(ServiceKey, Option<String>)>>,
+    /// Chains of deleted VIPs.
+    deleted_chains: Vec<String>,
+}
+
+#[derive(Debug)]
+enum ChainChange {
+    Add(String),
+    Flush(String),
+    Rule { chain: String, key: ServiceKey, rule: VipRule, comment: String },
+}
+
+impl Changes {
+    /// Adds what brings one VIP from what the table holds (`present`) to `after` (absent: delete it); returns the
+    /// footprint the VIP has once the changes are applied.
+    pub fn service(&mut self, table: &str, key: &ServiceKey, present: &Footprint, after: Option<&ObservedService>, settings: &DataplaneSettings) -> Footprint {
+        let chain = chain_name(key);
+        let mut wanted = Footprint::default();
+        if let Some(service) = after {
+            let map = backends_map(key);
+            wanted = Footprint {
+                target: Some(chain.clone()),
+                chain: true,
+                slots: slot_ranges(service).into_iter().map(|range| (map.clone(), range)).collect(),
+            };
+            let rule = VipRule::of(key, service, settings);
+            if rule != VipRule::Reject {
+                self.maps.entry(map).or_insert_with_key(|map| backends_map_declaration(table, key, map));
+            }
+            if present.chain {
+                self.chains.push(ChainChange::Flush(chain.clone()));
+            } else {
+                self.chains.push(ChainChange::Add(chain.clone()));
+            }
+            self.chains.push(ChainChange::Rule { chain: chain.clone(), key: *key, rule, comment: settings_comment(&service.settings) });
         }
-        commands.push(format!("add chain inet {table} {chain}"));
-        commands.push(format!("flush chain inet {table} {chain}"));
-        commands.push(format!("add rule inet {table} {chain} {}", rule.text(key, &settings_comment(&service.settings))));
-    }
-    // Elements: removals first, so a range that only changes its width is deleted and added in one transaction.
-    let mut removals: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (map, range) in present.slots.difference(&wanted.slots) {
-        removals.entry(map).or_default().push(slot_key(key, range));
-    }
-    for (map, keys) in removals {
-        commands.push(format!("delete element inet {table} {map} {{ {} }}", keys.join(", ")));
-    }
-    let mut additions: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (map, range) in wanted.slots.difference(&present.slots) {
-        additions.entry(map).or_default().push(format!("{} : {} . {}", slot_key(key, range), range.backend.address, range.backend.port));
-    }
-    for (map, elements) in additions {
-        commands.push(format!("add element inet {table} {map} {{ {} }}", elements.join(", ")));
-    }
-    if present.target != wanted.target {
-        if present.target.is_some() {
-            commands.push(format!("delete element inet {table} {services} {{ {element} }}"));
+        for (map, range) in present.slots.difference(&wanted.slots) {
+            self.removals.entry(map.clone()).or_default().push(SlotElement { key: *key, range: *range });
         }
-        if let Some(target) = &wanted.target {
-            commands.push(format!("add element inet {table} {services} {{ {element} : goto {target} }}"));
+        for (map, range) in wanted.slots.difference(&present.slots) {
+            self.additions.entry(map.clone()).or_default().push(SlotElement { key: *key, range: *range });
+        }
+        if present.target != wanted.target {
+            if present.target.is_some() {
+                self.service_removals.entry(services_map(key)).or_default().push((*key, None));
+            }
+            if let Some(target) = &wanted.target {
+                self.service_additions.entry(services_map(key)).or_default().push((*key, Some(target.clone())));
+            }
+        }
+        if after.is_none() && present.chain {
+            self.deleted_chains.push(chain);
+        }
+        wanted
+    }
+
+    /// The DNAT maps the changes write to, with their declarations.
+    pub fn maps(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.maps.iter()
+    }
+
+    /// The commands, in an order the kernel accepts: maps before the rules that use them, chains before the
+    /// elements that jump to them, removed elements before added ones (so a range that only changes its width is
+    /// deleted and added in one transaction), jumps removed before their chains.
+    pub fn commands(&self, table: &str) -> Vec<String> {
+        fn elements(table: &str, verb: &str, map: &str, elements: Vec<String>) -> Vec<String> {
+            elements.chunks(ELEMENTS_PER_COMMAND).map(|chunk| format!("{verb} element inet {table} {map} {{ {} }}", chunk.join(", "))).collect()
+        }
+        let slot = |element: &SlotElement| slot_key(&element.key, &element.range);
+        let service = |key: &ServiceKey| format!("{} . {} . {}", key.address, key.protocol, key.port);
+        let mut commands: Vec<String> = self.maps.values().cloned().collect();
+        for change in &self.chains {
+            commands.push(match change {
+                ChainChange::Add(chain) => format!("add chain inet {table} {chain}"),
+                ChainChange::Flush(chain) => format!("flush chain inet {table} {chain}"),
+                ChainChange::Rule { chain, key, rule, comment } => format!("add rule inet {table} {chain} {}", rule.text(key, comment)),
+            });
+        }
+        for (map, removed) in &self.removals {
+            commands.extend(elements(table, "delete", map, removed.iter().map(slot).collect()));
+        }
+        for (map, added) in &self.additions {
+            let added = added.iter().map(|e| format!("{} : {} . {}", slot(e), e.range.backend.address, e.range.backend.port)).collect();
+            commands.extend(elements(table, "add", map, added));
+        }
+        for (map, removed) in &self.service_removals {
+            commands.extend(elements(table, "delete", map, removed.iter().map(|(key, _)| service(key)).collect()));
+        }
+        for (map, added) in &self.service_additions {
+            let added = added.iter().map(|(key, target)| format!("{} : goto {}", service(key), target.as_deref().unwrap_or_default())).collect();
+            commands.extend(elements(table, "add", map, added));
+        }
+        for chain in &self.deleted_chains {
+            commands.push(format!("flush chain inet {table} {chain}"));
+            commands.push(format!("delete chain inet {table} {chain}"));
+        }
+        commands
+    }
+
+    /// The same changes as [`Changes::commands`] minus the map declarations, as netlink messages.
+    pub fn encode(&self, batch: &mut Batch) {
+        for change in &self.chains {
+            match change {
+                ChainChange::Add(chain) => batch.add_chain(chain),
+                ChainChange::Flush(chain) => batch.flush_chain(chain),
+                ChainChange::Rule { chain, key, rule, comment } => batch.add_rule(chain, key, rule, comment),
+            }
+        }
+        for (map, removed) in &self.removals {
+            batch.slot_elements(map, removed, false);
+        }
+        for (map, added) in &self.additions {
+            batch.slot_elements(map, added, true);
+        }
+        for (map, removed) in &self.service_removals {
+            batch.service_elements(map, removed, false);
+        }
+        for (map, added) in &self.service_additions {
+            batch.service_elements(map, added, true);
+        }
+        for chain in &self.deleted_chains {
+            batch.flush_chain(chain);
+            batch.delete_chain(chain);
         }
     }
-    if after.is_none() && present.chain {
-        commands.push(format!("flush chain inet {table} {chain}"));
-        commands.push(format!("delete chain inet {table} {chain}"));
-    }
-    (commands, wanted)
 }
 
 /// What a listing of the table holds.
@@ -416,6 +505,8 @@ pub struct Listing {
     pub footprints: BTreeMap<ServiceKey, Footprint>,
     /// VIPs and objects present but not as `lb` writes them (edited by hand, half-written); reported, not trusted.
     pub damaged: Vec<String>,
+    /// The DNAT maps the table holds.
+    pub maps: BTreeSet<String>,
 }
 
 fn as_ip(value: &Value) -> Option<IpAddr> {
@@ -519,6 +610,7 @@ fn read_map_elements(map: &Value, listing: &mut Listing) {
             }
         }
     } else if let Some(protocol) = backends_map_protocol(name) {
+        listing.maps.insert(name.to_owned());
         for element in elements {
             match parse_slot_element(protocol, element) {
                 Some((key, range)) => {
@@ -550,6 +642,13 @@ fn read_service(key: &ServiceKey, rule: &Value, footprint: &Footprint, settings:
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The commands of a sync that changes only this VIP, and the VIP's footprint after it.
+    fn service_commands(table: &str, key: &ServiceKey, present: &Footprint, after: Option<&ObservedService>, settings: &DataplaneSettings) -> (Vec<String>, Footprint) {
+        let mut changes = Changes::default();
+        let footprint = changes.service(table, key, present, after, settings);
+        (changes.commands(table), footprint)
+    }
 
     fn settings() -> DataplaneSettings {
         DataplaneSettings { snat: true, snat_mark: 0x0053_5900, nft_table: "switchyard".to_owned() }
@@ -685,7 +784,6 @@ mod tests {
             vec![
                 format!("add map inet switchyard {map} {{ typeof ip daddr . tcp dport . numgen inc mod 1 : ip daddr . tcp dport; flags interval; }}"),
                 "add chain inet switchyard svc4_tcp_198.18.2.10_80".to_owned(),
-                "flush chain inet switchyard svc4_tcp_198.18.2.10_80".to_owned(),
                 format!("add rule inet switchyard svc4_tcp_198.18.2.10_80 meta l4proto tcp meta mark set meta mark | 0x00535900 dnat ip to ip daddr . tcp dport . numgen inc mod 2 map @{map} comment \"sy sched=rr persist=0\""),
                 format!("add element inet switchyard {map} {{ 198.18.2.10 . 80 . 0-0 : 198.18.1.2 . 10001, 198.18.2.10 . 80 . 1-1 : 198.18.1.3 . 10001 }}"),
                 "add element inet switchyard services4 { 198.18.2.10 . tcp . 80 : goto svc4_tcp_198.18.2.10_80 }".to_owned(),
@@ -727,6 +825,27 @@ mod tests {
             ]
         );
         assert_eq!(footprint.slots.len(), 3);
+    }
+
+    #[test]
+    fn a_sync_of_many_vips_declares_each_map_once_and_batches_elements() {
+        let mut changes = Changes::default();
+        let mut maps = BTreeSet::new();
+        for i in 0..600u32 {
+            let key = key(&format!("198.18.{}.{}", 16 + i / 250, 1 + i % 250), Protocol::Tcp, 80);
+            let service = service(Scheduler::Rr, 0, &[("198.19.0.1", 10000, 1), ("198.19.1.1", 10000, 2)]);
+            maps.insert(backends_map(&key));
+            changes.service("switchyard", &key, &Footprint::default(), Some(&service), &settings());
+        }
+        let commands = changes.commands("switchyard");
+        let count = |prefix: &str| commands.iter().filter(|c| c.starts_with(prefix)).count();
+        assert_eq!(count("add map "), maps.len());
+        assert_eq!(count("add chain "), 600);
+        assert_eq!(count("add rule "), 600);
+        assert_eq!(count("add element "), maps.len() + 1);
+        assert_eq!(count("flush ") + count("delete "), 0);
+        let first_element = commands.iter().position(|c| c.starts_with("add element")).unwrap();
+        assert!(commands.iter().skip(first_element).all(|c| c.starts_with("add element")), "elements come after every chain");
     }
 
     #[test]
