@@ -3,8 +3,8 @@
 //!
 //! The kernel is the only record that survives restarts and other people's edits, so `lb` diffs against what it
 //! reads there, and the diff of an unchanged kernel is empty, so nothing is written. Reading is the expensive
-//! part, though: listing an nftables table of 10,000 VIPs takes seconds, while writing one VIP's chain takes
-//! milliseconds. So the loop reads the kernel at start-up, after any failed sync, and on the repair timer, and in
+//! part, though: reading an nftables table of 10,000 VIPs takes most of a second, while writing one VIP's chain
+//! takes milliseconds. So the loop reads the kernel at start-up, after any failed sync, and on the repair timer, and in
 //! between diffs a change against the state the previous syncs left (what was read, plus the plans applied since).
 //! A one-backend change is then one small write. The repair timer also catches drift (someone else's edits) and
 //! finishes drains whose connections have ended; it never fires more often than 20 reads' worth of time, so a

@@ -1,10 +1,10 @@
 //! The nftables dataplane: DNAT rules in a table of `lb`'s own, written in one atomic transaction per sync.
 //!
 //! Changes go to the kernel as one nf_tables netlink batch ([`netlink`]): `nft` would first read back the whole
-//! table to build its cache, tens of milliseconds with 10,000 VIPs however small the change. The `nft` binary
-//! declares the table, hook chains and maps (rare, and nft records a map's `typeof` in its user data), replays a
-//! change the kernel refused as text (so its error names the command), and reads the table back with
-//! `nft -j list`, whose JSON nftables keeps stable for programs. All knowledge of the ruleset's shape is in
+//! table to build its cache, tens of milliseconds with 10,000 VIPs however small the change. The table is read
+//! back with netlink dumps too: `nft -j list` spends seconds printing 10,000 rules. The `nft` binary declares the
+//! table, hook chains and maps (rare, and nft records a map's `typeof` in its user data), replays a change the
+//! kernel refused as text (so its error names the command), and reads the table as JSON if a netlink read fails. All knowledge of the ruleset's shape is in
 //! [`ruleset`], which is pure; this module only runs `nft` and remembers what the table holds for each VIP (its
 //! [`ruleset::Footprint`]), so a change writes only the objects that differ instead of rereading 10,000 VIPs.
 //! The table is the ownership record: everything in it is `lb`'s, nothing outside it is touched.
@@ -42,6 +42,32 @@ impl NftDataplane {
     }
 
     fn list(&mut self) -> Result<Listing, DataplaneError> {
+        let listing = match self.read() {
+            Ok(listing) => listing,
+            Err(err) => {
+                tracing::info!(table = %self.settings.nft_table, error = %err, "could not read the nftables table over netlink; asking nft");
+                self.socket = None;
+                self.list_through_nft()?
+            }
+        };
+        self.footprints.clone_from(&listing.footprints);
+        self.maps.clone_from(&listing.maps);
+        Ok(listing)
+    }
+
+    /// Reads the table over netlink: `nft -j list` spends seconds printing a big table.
+    fn read(&mut self) -> Result<Listing, DataplaneError> {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            None => self.socket.insert(NftSocket::open()?),
+        };
+        Ok(match socket.list_table(&self.settings.nft_table)? {
+            Some(raw) => ruleset::listing_from_raw(&raw, &self.settings),
+            None => Listing::default(),
+        })
+    }
+
+    fn list_through_nft(&self) -> Result<Listing, DataplaneError> {
         let table = &self.settings.nft_table;
         let listing = match nft(&["-j", "list", "table", "inet", table], None) {
             Ok(stdout) => ruleset::parse_listing(&stdout, &self.settings).map_err(DataplaneError::Observe)?,
@@ -49,8 +75,6 @@ impl NftDataplane {
             Err(err) if is_absent(&err) => Listing::default(),
             Err(err) => return Err(err),
         };
-        self.footprints.clone_from(&listing.footprints);
-        self.maps.clone_from(&listing.maps);
         Ok(listing)
     }
 }

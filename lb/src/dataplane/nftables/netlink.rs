@@ -6,10 +6,14 @@
 //!
 //! Only changes are written here (chains, VIP rules, map elements), as one nfnetlink batch, which the kernel
 //! applies whole or not at all. Declarations (table, hook chains, maps) stay with `nft`: they are rare, and nft
-//! records the `typeof` of a map in its user data, which a listing needs. Reading stays with `nft -j list`.
+//! records the `typeof` of a map in its user data, which `nft list` needs.
 //!
 //! The rule bytecode is the one nft 1.0.6 generates for the text [`super::ruleset`] writes (see
 //! `nft --debug=netlink`), so `nft -j list` reads a rule written here exactly as one written by `nft`.
+//!
+//! Reading ([`NftSocket::list_table`]) dumps the table's chains, sets, elements and rules. A VIP's rule is intact
+//! when its expressions, less the attributes the kernel reports at their defaults, are those `lb` would write
+//! ([`expected_expressions`]): the same test `nft -j list` output gets, at a fraction of the cost.
 
 use super::ruleset::{Selector, SlotRange, VipRule};
 use crate::dataplane::DataplaneError;
@@ -17,6 +21,7 @@ use crate::model::{DestinationKey, Protocol, ServiceKey};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -37,6 +42,16 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 
 // Attribute numbers, from linux/netfilter/nf_tables.h.
@@ -92,6 +107,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A lone request (a dump), not a batch.
+    fn request(table: &str, sequence: u32) -> Self {
+        Self {
+            table: table.to_owned(),
+            buffer: Vec::with_capacity(256),
+            first_sequence: sequence,
+            next_sequence: sequence,
+            descriptions: Vec::new(),
+            last_message: None,
+        }
+    }
+
     /// An empty batch for `table` (family inet); `sequence` numbers its first message.
     pub fn new(table: &str, sequence: u32) -> Self {
         let mut batch = Self {
@@ -548,7 +575,7 @@ impl NftSocket {
             socket.set_rx_buf_sz(8 << 20).map_err(open)?;
         }
         setsockopt(&socket, sockopt::ReceiveTimeout, &TimeVal::new(RECEIVE_TIMEOUT_SECONDS, 0)).map_err(|e| open(e.into()))?;
-        Ok(Self { socket, sequence: std::process::id().wrapping_mul(65_536), incoming: vec![0; 1 << 16] })
+        Ok(Self { socket, sequence: std::process::id().wrapping_mul(65_536), incoming: vec![0; 1 << 20] })
     }
 
     /// A batch for `table` numbered after the previous ones.
@@ -611,9 +638,277 @@ impl NftSocket {
     }
 }
 
+/// One expression of a rule as the kernel holds it: its name and its attributes (nested ones as raw bytes), in
+/// attribute order, without those the kernel fills in with their defaults. Comparable with
+/// [`expected_expressions`].
+pub type Expression = (String, Vec<(u16, Vec<u8>)>);
+
+/// A rule read back.
+#[derive(Debug, Clone)]
+pub struct RawRule {
+    /// Its chain.
+    pub chain: String,
+    /// Its comment (nftnl user data), if any.
+    pub comment: Option<String>,
+    /// Its expressions.
+    pub expressions: Vec<Expression>,
+}
+
+/// A set or map element read back.
+#[derive(Debug, Clone, Default)]
+pub struct RawElement {
+    /// Key bytes (fields padded to 32 bits).
+    pub key: Vec<u8>,
+    /// End of a range key, if the element is a range.
+    pub key_end: Option<Vec<u8>>,
+    /// Data bytes, in a map of values.
+    pub data: Option<Vec<u8>>,
+    /// The chain of a `goto` verdict, in a verdict map.
+    pub goto: Option<String>,
+}
+
+/// Everything in one table that a listing needs.
+#[derive(Debug, Clone, Default)]
+pub struct RawTable {
+    /// Chain names.
+    pub chains: BTreeSet<String>,
+    /// Elements of every set and map, by name.
+    pub sets: BTreeMap<String, Vec<RawElement>>,
+    /// Rules, in chain and rule order.
+    pub rules: Vec<RawRule>,
+}
+
+/// The attributes in `data`: type (flags stripped) and payload.
+fn attributes(data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let (Some(length), Some(kind)) = (read::<2>(data, offset), read::<2>(data, offset + 2)) {
+        let length = usize::from(u16::from_ne_bytes(length));
+        let Some(payload) = data.get(offset + 4..offset + length.max(4)) else { break };
+        if length < 4 {
+            break;
+        }
+        out.push((u16::from_ne_bytes(kind) & !NLA_F_NESTED, payload));
+        offset += (length + 3) & !3;
+    }
+    out
+}
+
+fn attribute(data: &[u8], kind: u16) -> Option<&[u8]> {
+    attributes(data).into_iter().find(|(k, _)| *k == kind).map(|(_, v)| v)
+}
+
+fn string_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
+}
+
+fn u32_of(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// Reads a list of `NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA }`, dropping the attributes the kernel
+/// reports at their default values (so a rule read back compares equal to the one written).
+fn expressions(data: &[u8]) -> Vec<Expression> {
+    attributes(data)
+        .into_iter()
+        .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+        .map(|(_, element)| {
+            let name = attribute(element, NFTA_EXPR_NAME).map(string_of).unwrap_or_default();
+            let mut fields: Vec<(u16, Vec<u8>)> = attribute(element, NFTA_EXPR_DATA)
+                .map(attributes)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(kind, value)| (kind, value.to_vec()))
+                .collect();
+            let get = |fields: &[(u16, Vec<u8>)], kind: u16| fields.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.clone());
+            let zero = 0u32.to_be_bytes().to_vec();
+            let defaults: Vec<(u16, Vec<u8>)> = match name.as_str() {
+                // bitwise OP: mask and xor; numgen and hash OFFSET; lookup FLAGS.
+                "bitwise" => vec![(6, zero)],
+                "numgen" => vec![(4, zero)],
+                "hash" => vec![(6, zero)],
+                "lookup" => vec![(5, zero)],
+                // nat: a range of one address and port, and the flags the kernel derives from the registers.
+                "nat" => [(4, get(&fields, NFTA_NAT_REG_ADDR_MIN)), (6, get(&fields, NFTA_NAT_REG_PROTO_MIN))]
+                    .into_iter()
+                    .filter_map(|(kind, value)| Some((kind, value?)))
+                    .chain([(7, 3u32.to_be_bytes().to_vec())])
+                    .collect(),
+                _ => Vec::new(),
+            };
+            fields.retain(|field| !defaults.contains(field));
+            fields.sort();
+            (name, fields)
+        })
+        .collect()
+}
+
+/// The expressions of the rule `lb` writes, as [`RawRule::expressions`] would read them back.
+pub(super) fn expected_expressions(key: &ServiceKey, rule: &VipRule) -> Vec<Expression> {
+    let mut scratch = Batch::request("", 0);
+    rule_expressions(&mut scratch, key, rule);
+    expressions(&scratch.buffer)
+}
+
+impl NftSocket {
+    /// Sends one dump request and collects the payload (after the nfgenmsg header) of every answer.
+    fn dump(&mut self, kind: u16, build: impl FnOnce(&mut Batch)) -> Result<Vec<Vec<u8>>, DataplaneError> {
+        let sequence = self.sequence;
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut request = Batch::request("", sequence);
+        let start = request.message(kind, NLM_F_DUMP, String::new());
+        build(&mut request);
+        request.end_message(start);
+        let io = |err: std::io::Error| DataplaneError::Kernel { operation: "list the nftables table".to_owned(), detail: err.to_string(), retryable: true };
+        self.socket.send(&request.buffer, 0).map_err(io)?;
+        let mut answers = Vec::new();
+        loop {
+            let length = {
+                let mut buffer = &mut self.incoming[..];
+                self.socket.recv(&mut buffer, nix::libc::MSG_TRUNC).map_err(io)?
+            };
+            if length > self.incoming.len() {
+                return Err(io(std::io::Error::other("a dump message did not fit the receive buffer")));
+            }
+            let received = self.incoming.get(..length).unwrap_or_default();
+            let mut offset = 0;
+            while let (Some(message_length), Some(kind), Some(seq)) = (read::<4>(received, offset), read::<2>(received, offset + 4), read::<4>(received, offset + 8)) {
+                let message_length = u32::from_ne_bytes(message_length) as usize;
+                if message_length < 16 {
+                    break;
+                }
+                let body = received.get(offset + 16..offset + message_length).unwrap_or_default();
+                offset += (message_length + 3) & !3;
+                if u32::from_ne_bytes(seq) != sequence {
+                    continue;
+                }
+                match u16::from_ne_bytes(kind) {
+                    NLMSG_DONE => return Ok(answers),
+                    NLMSG_ERROR => {
+                        let errno = -i32::from_ne_bytes(read::<4>(body, 0).unwrap_or_default());
+                        if errno == 0 {
+                            return Ok(answers);
+                        }
+                        return Err(io(std::io::Error::from_raw_os_error(errno)));
+                    }
+                    _ => answers.push(body.get(4..).unwrap_or_default().to_vec()),
+                }
+            }
+        }
+    }
+
+    /// Reads `table` (family inet) over netlink; `None` if it does not exist.
+    pub fn list_table(&mut self, table: &str) -> Result<Option<RawTable>, DataplaneError> {
+        let tables = self.dump(NFT_MSG_GETTABLE, |_| {})?;
+        if !tables.iter().any(|t| attribute(t, NFTA_TABLE_NAME).map(string_of).as_deref() == Some(table)) {
+            return Ok(None);
+        }
+        let mut raw = RawTable::default();
+        for chain in self.dump(NFT_MSG_GETCHAIN, |b| b.string(NFTA_CHAIN_TABLE, table))? {
+            if attribute(&chain, NFTA_CHAIN_TABLE).map(string_of).as_deref() == Some(table) {
+                raw.chains.extend(attribute(&chain, NFTA_CHAIN_NAME).map(string_of));
+            }
+        }
+        let mut sets = Vec::new();
+        for set in self.dump(NFT_MSG_GETSET, |b| b.string(NFTA_SET_TABLE, table))? {
+            if attribute(&set, NFTA_SET_TABLE).map(string_of).as_deref() == Some(table) {
+                sets.extend(attribute(&set, NFTA_SET_NAME).map(string_of));
+            }
+        }
+        for set in sets {
+            let mut elements = Vec::new();
+            for answer in self.dump(NFT_MSG_GETSETELEM, |b| {
+                b.string(NFTA_SET_ELEM_LIST_TABLE, table);
+                b.string(NFTA_SET_ELEM_LIST_SET, &set);
+            })? {
+                for (_, element) in attribute(&answer, NFTA_SET_ELEM_LIST_ELEMENTS).map(attributes).unwrap_or_default() {
+                    let value = |kind: u16| attribute(element, kind).and_then(|nested| attribute(nested, NFTA_DATA_VALUE)).map(<[u8]>::to_vec);
+                    let verdict = attribute(element, NFTA_SET_ELEM_DATA).and_then(|data| attribute(data, NFTA_DATA_VERDICT));
+                    let goto = verdict
+                        .filter(|v| attribute(v, NFTA_VERDICT_CODE).and_then(u32_of) == Some(NFT_GOTO.cast_unsigned()))
+                        .and_then(|v| attribute(v, NFTA_VERDICT_CHAIN))
+                        .map(string_of);
+                    elements.push(RawElement { key: value(NFTA_SET_ELEM_KEY).unwrap_or_default(), key_end: value(NFTA_SET_ELEM_KEY_END), data: value(NFTA_SET_ELEM_DATA), goto });
+                }
+            }
+            raw.sets.insert(set, elements);
+        }
+        for rule in self.dump(NFT_MSG_GETRULE, |b| b.string(NFTA_RULE_TABLE, table))? {
+            if attribute(&rule, NFTA_RULE_TABLE).map(string_of).as_deref() != Some(table) {
+                continue;
+            }
+            let comment = attribute(&rule, NFTA_RULE_USERDATA).and_then(|userdata| {
+                // nftnl user data: TLVs of type, length, value; the comment is type 0.
+                let mut rest = userdata;
+                while let [kind, length, tail @ ..] = rest {
+                    let value = tail.get(..usize::from(*length))?;
+                    if *kind == 0 {
+                        return Some(string_of(value));
+                    }
+                    rest = tail.get(usize::from(*length)..)?;
+                }
+                None
+            });
+            raw.rules.push(RawRule {
+                chain: attribute(&rule, NFTA_RULE_CHAIN).map(string_of).unwrap_or_default(),
+                comment,
+                expressions: attribute(&rule, NFTA_RULE_EXPRESSIONS).map(expressions).unwrap_or_default(),
+            });
+        }
+        Ok(Some(raw))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encodes `(expression, [(attribute, hex payload)])` as a kernel dump carries a rule's expressions.
+    fn dumped(expressions: &[(&str, &[(u16, &str)])]) -> Vec<u8> {
+        let mut batch = Batch::request("", 0);
+        for (name, fields) in expressions {
+            batch.expression(name, |b| {
+                for (kind, value) in *fields {
+                    let bytes: Vec<u8> = (0..value.len()).step_by(2).map(|i| u8::from_str_radix(&value[i..i + 2], 16).unwrap()).collect();
+                    b.attribute(*kind, &bytes);
+                }
+            });
+        }
+        batch.buffer
+    }
+
+    #[test]
+    fn a_rule_read_back_compares_equal_to_the_rule_written() {
+        // What Linux 6.18 dumps for a rule nft 1.0.6 wrote from
+        // `meta l4proto udp meta mark set meta mark | 0x00535900 dnat ip to ip daddr . udp dport . numgen inc mod 6
+        // map @backends4_udp_206`: the kernel adds bitwise OP, numgen OFFSET, lookup FLAGS and the nat range's max
+        // registers and flags.
+        let dump = dumped(&[
+            ("meta", &[(2, "00000010"), (1, "00000001")]),
+            ("cmp", &[(1, "00000001"), (2, "00000000"), (3, "0500010011000000")]),
+            ("meta", &[(2, "00000003"), (1, "00000001")]),
+            ("bitwise", &[(1, "00000001"), (2, "00000001"), (3, "00000004"), (6, "00000000"), (4, "08000100ffa6acff"), (5, "0800010000595300")]),
+            ("meta", &[(2, "00000003"), (3, "00000001")]),
+            ("meta", &[(2, "0000000f"), (1, "00000001")]),
+            ("cmp", &[(1, "00000001"), (2, "00000000"), (3, "0500010002000000")]),
+            ("payload", &[(1, "00000001"), (2, "00000001"), (3, "00000010"), (4, "00000004")]),
+            ("payload", &[(1, "00000009"), (2, "00000002"), (3, "00000002"), (4, "00000002")]),
+            ("numgen", &[(1, "0000000a"), (2, "00000006"), (3, "00000000"), (4, "00000000")]),
+            ("byteorder", &[(1, "0000000a"), (2, "0000000a"), (3, "00000001"), (4, "00000004"), (5, "00000004")]),
+            ("lookup", &[(1, "6261636b656e6473345f7564705f32303600"), (2, "00000001"), (3, "00000001"), (5, "00000000")]),
+            ("nat", &[(1, "00000001"), (2, "00000002"), (3, "00000001"), (4, "00000001"), (5, "00000009"), (6, "00000009"), (7, "00000003")]),
+        ]);
+        let key = ServiceKey { address: "198.18.16.2".parse().unwrap(), port: 80, protocol: Protocol::Udp };
+        let rule = VipRule::Dnat { mark: Some(0x0053_5900), selector: Selector::Rotate, slots: 6, map: "backends4_udp_206".to_owned() };
+        assert_eq!(expressions(&dump), expected_expressions(&key, &rule));
+        let other = VipRule::Dnat { mark: Some(0x0053_5900), selector: Selector::Rotate, slots: 7, map: "backends4_udp_206".to_owned() };
+        assert_ne!(expressions(&dump), expected_expressions(&key, &other));
+        // `persistent` sets another nat flag: not lb's rule.
+        let mut flagged = dump;
+        let at = flagged.len() - 4;
+        flagged[at..].copy_from_slice(&7u32.to_be_bytes());
+        assert_ne!(expressions(&flagged), expected_expressions(&key, &rule));
+    }
 
     #[test]
     fn keys_are_fields_padded_to_32_bits() {
