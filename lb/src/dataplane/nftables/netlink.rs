@@ -49,6 +49,12 @@ const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
+/// Set on a dump answer when the ruleset changed while the kernel was producing the dump.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// Reads of the table retried when someone changes the ruleset meanwhile.
+const READ_ATTEMPTS: usize = 5;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
@@ -150,9 +156,10 @@ impl Batch {
         self.descriptions.len()
     }
 
-    fn begin(&mut self, kind: u16, flags: u16, family: u8, resource: u16, description: String) -> usize {
+    /// Starts a message of netlink type `message_type` (batch begin and end are nfnetlink's own types; nf_tables
+    /// messages carry the subsystem in the high byte).
+    fn begin(&mut self, message_type: u16, flags: u16, family: u8, resource: u16, description: String) -> usize {
         let start = self.buffer.len();
-        let message_type = if kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END { kind } else { (NFNL_SUBSYS_NFTABLES << 8) | kind };
         self.buffer.extend_from_slice(&0u32.to_ne_bytes());
         self.buffer.extend_from_slice(&message_type.to_ne_bytes());
         self.buffer.extend_from_slice(&flags.to_ne_bytes());
@@ -172,7 +179,7 @@ impl Batch {
     }
 
     fn message(&mut self, kind: u16, flags: u16, description: String) -> usize {
-        self.begin(kind, NLM_F_REQUEST | flags, NFPROTO_INET, 0, description)
+        self.begin((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, NFPROTO_INET, 0, description)
     }
 
     fn attribute(&mut self, kind: u16, value: &[u8]) {
@@ -753,15 +760,22 @@ pub(super) fn expected_expressions(key: &ServiceKey, rule: &VipRule) -> Vec<Expr
 impl NftSocket {
     /// Sends one dump request and collects the payload (after the nfgenmsg header) of every answer.
     fn dump(&mut self, kind: u16, build: impl FnOnce(&mut Batch)) -> Result<Vec<Vec<u8>>, DataplaneError> {
+        self.ask(kind, NLM_F_DUMP, build)
+    }
+
+    /// Sends one request and collects the payload (after the nfgenmsg header) of every answer; a dump that the
+    /// kernel flags as interrupted is an error [`NftSocket::list_table`] retries.
+    fn ask(&mut self, kind: u16, flags: u16, build: impl FnOnce(&mut Batch)) -> Result<Vec<Vec<u8>>, DataplaneError> {
         let sequence = self.sequence;
         self.sequence = self.sequence.wrapping_add(1);
         let mut request = Batch::request("", sequence);
-        let start = request.message(kind, NLM_F_DUMP, String::new());
+        let start = request.message(kind, flags | NLM_F_ACK, String::new());
         build(&mut request);
         request.end_message(start);
         let io = |err: std::io::Error| DataplaneError::Kernel { operation: "list the nftables table".to_owned(), detail: err.to_string(), retryable: true };
         self.socket.send(&request.buffer, 0).map_err(io)?;
         let mut answers = Vec::new();
+        let mut interrupted = false;
         loop {
             let length = {
                 let mut buffer = &mut self.incoming[..];
@@ -772,7 +786,9 @@ impl NftSocket {
             }
             let received = self.incoming.get(..length).unwrap_or_default();
             let mut offset = 0;
-            while let (Some(message_length), Some(kind), Some(seq)) = (read::<4>(received, offset), read::<2>(received, offset + 4), read::<4>(received, offset + 8)) {
+            while let (Some(message_length), Some(kind), Some(message_flags), Some(seq)) =
+                (read::<4>(received, offset), read::<2>(received, offset + 4), read::<2>(received, offset + 6), read::<4>(received, offset + 8))
+            {
                 let message_length = u32::from_ne_bytes(message_length) as usize;
                 if message_length < 16 {
                     break;
@@ -782,23 +798,60 @@ impl NftSocket {
                 if u32::from_ne_bytes(seq) != sequence {
                     continue;
                 }
-                match u16::from_ne_bytes(kind) {
-                    NLMSG_DONE => return Ok(answers),
-                    NLMSG_ERROR => {
-                        let errno = -i32::from_ne_bytes(read::<4>(body, 0).unwrap_or_default());
-                        if errno == 0 {
-                            return Ok(answers);
-                        }
-                        return Err(io(std::io::Error::from_raw_os_error(errno)));
+                interrupted |= u16::from_ne_bytes(message_flags) & NLM_F_DUMP_INTR != 0;
+                let errno = match u16::from_ne_bytes(kind) {
+                    NLMSG_DONE => 0,
+                    NLMSG_ERROR => -i32::from_ne_bytes(read::<4>(body, 0).unwrap_or_default()),
+                    _ => {
+                        answers.push(body.get(4..).unwrap_or_default().to_vec());
+                        continue;
                     }
-                    _ => answers.push(body.get(4..).unwrap_or_default().to_vec()),
+                };
+                if errno != 0 {
+                    return Err(io(std::io::Error::from_raw_os_error(errno)));
+                }
+                if interrupted {
+                    return Err(DataplaneError::Kernel {
+                        operation: "list the nftables table".to_owned(),
+                        detail: "the ruleset changed during the dump".to_owned(),
+                        retryable: true,
+                    });
+                }
+                // A dump ends with DONE; a plain request with its acknowledgement, but a dump may be acknowledged too.
+                if kind != NLMSG_ERROR.to_ne_bytes() || flags & NLM_F_DUMP == 0 {
+                    return Ok(answers);
                 }
             }
         }
     }
 
-    /// Reads `table` (family inet) over netlink; `None` if it does not exist.
+    /// The ruleset's generation: it changes with every committed transaction.
+    fn generation(&mut self) -> Result<Option<u32>, DataplaneError> {
+        let answers = self.ask(NFT_MSG_GETGEN, 0, |_| {})?;
+        Ok(answers.iter().find_map(|answer| attribute(answer, NFTA_GEN_ID).and_then(u32_of)))
+    }
+
+    /// Reads `table` (family inet) over netlink; `None` if it does not exist. The table is read in several dumps,
+    /// so the read is repeated if the ruleset's generation changed meanwhile: a listing is one consistent state.
     pub fn list_table(&mut self, table: &str) -> Result<Option<RawTable>, DataplaneError> {
+        let mut last_error = None;
+        for _ in 0..READ_ATTEMPTS {
+            let before = self.generation()?;
+            let read = self.read_table(table);
+            match read {
+                Ok(read) if before.is_some() && self.generation()? == before => return Ok(read),
+                Ok(_) => {}
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| DataplaneError::Kernel {
+            operation: "list the nftables table".to_owned(),
+            detail: format!("the ruleset changed during each of {READ_ATTEMPTS} reads"),
+            retryable: true,
+        }))
+    }
+
+    fn read_table(&mut self, table: &str) -> Result<Option<RawTable>, DataplaneError> {
         let tables = self.dump(NFT_MSG_GETTABLE, |_| {})?;
         if !tables.iter().any(|t| attribute(t, NFTA_TABLE_NAME).map(string_of).as_deref() == Some(table)) {
             return Ok(None);
@@ -908,6 +961,15 @@ mod tests {
         let at = flagged.len() - 4;
         flagged[at..].copy_from_slice(&7u32.to_be_bytes());
         assert_ne!(expressions(&flagged), expected_expressions(&key, &rule));
+    }
+
+    #[test]
+    fn nf_tables_types_do_not_collide_with_nfnetlink_batch_types() {
+        // NFT_MSG_GETGEN (16) is numerically NFNL_MSG_BATCH_BEGIN (0x10): only the subsystem byte tells them apart.
+        let mut request = Batch::request("", 7);
+        let start = request.message(NFT_MSG_GETGEN, 0, String::new());
+        request.end_message(start);
+        assert_eq!(read::<2>(&request.buffer, 4).map(u16::from_ne_bytes), Some((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN));
     }
 
     #[test]
