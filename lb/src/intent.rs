@@ -117,6 +117,15 @@ pub struct ResolvedVip {
     pub resolved_backends: Vec<ResolvedBackend>,
 }
 
+impl ResolvedVip {
+    /// What the kernel should hold for this VIP.
+    pub fn desired(&self) -> DesiredService {
+        let settings = ServiceSettings { scheduler: self.spec.scheduler, persistence: self.spec.persistence_timeout };
+        let destinations = self.resolved_backends.iter().map(|b| (b.key(), b.effective_weight)).collect();
+        DesiredService { settings, destinations }
+    }
+}
+
 /// Something refused while resolving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejection {
@@ -140,16 +149,7 @@ pub struct Intent {
 impl Intent {
     /// What the kernel should hold.
     pub fn desired(&self) -> DesiredState {
-        let services = self
-            .vips
-            .iter()
-            .map(|vip| {
-                let settings = ServiceSettings { scheduler: vip.spec.scheduler, persistence: vip.spec.persistence_timeout };
-                let destinations = vip.resolved_backends.iter().map(|b| (b.key(), b.effective_weight)).collect();
-                (vip.spec.key(), DesiredService { settings, destinations })
-            })
-            .collect();
-        DesiredState { services }
+        DesiredState { services: self.vips.iter().map(|vip| (vip.spec.key(), vip.desired())).collect() }
     }
 
     /// Every backend that should be probed, each once.
@@ -343,6 +343,20 @@ impl Sources {
         vips.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         intent.vips = vips.into_iter().map(|(spec, source)| self.resolve_vip(spec, source, &mut intent.rejected)).collect();
         intent
+    }
+
+    /// Resolves the VIP `name` of `intent` again, after its announcements changed (nothing else: which VIPs exist
+    /// and what they are is the business of [`Sources::resolve`]). Returns its service and what the kernel should
+    /// now hold for it; `None` if the intent has no such VIP.
+    pub fn refresh_vip(&self, intent: &mut Intent, name: &str) -> Option<(ServiceKey, DesiredService)> {
+        let index = intent.vips.binary_search_by(|vip| vip.spec.name.as_str().cmp(name)).ok()?;
+        let slot = intent.vips.get_mut(index)?;
+        let mut rejected = Vec::new();
+        *slot = self.resolve_vip(&slot.spec, slot.source, &mut rejected);
+        let refreshed = (slot.spec.key(), slot.desired());
+        intent.rejected.retain(|r| !(r.source == Source::Nats && r.vip == name));
+        intent.rejected.extend(rejected);
+        Some(refreshed)
     }
 
     fn resolve_vip(&self, spec: &VipSpec, source: Source, rejected: &mut Vec<Rejection>) -> ResolvedVip {
@@ -545,6 +559,27 @@ mod tests {
         assert_eq!(intent.rejected.len(), 2);
         assert!(sources.kv_delete("web"));
         assert!(sources.resolve().desired().services.is_empty());
+    }
+
+    #[test]
+    fn refreshing_an_announced_vip_matches_a_full_resolve() {
+        let now = Instant::now();
+        let mut sources = Sources::new(settings());
+        sources.set_file(vec![spec("web", 10, &[(2, 10001)]), spec("api", 11, &[])]);
+        let mut intent = sources.resolve();
+        sources.announce(&announcement("web", 3, 10001), now).unwrap();
+        let mut v6 = announcement("web", 4, 10001);
+        v6.host = "2001:db8::4".to_owned();
+        sources.announce(&v6, now).unwrap();
+        let (key, service) = sources.refresh_vip(&mut intent, "web").unwrap();
+        assert_eq!(intent, sources.resolve());
+        assert_eq!(sources.resolve().desired().services.get(&key), Some(&service));
+        assert_eq!(intent.rejected.len(), 1);
+        // Withdrawn: the rejection of the bad announcement stays, the backend goes.
+        sources.withdraw(&announcement("web", 3, 10001)).unwrap();
+        sources.refresh_vip(&mut intent, "web").unwrap();
+        assert_eq!(intent, sources.resolve());
+        assert!(sources.refresh_vip(&mut intent, "nope").is_none());
     }
 
     #[test]

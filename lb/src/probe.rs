@@ -87,6 +87,11 @@ impl Prober {
         }
     }
 
+    /// Whether backends are probed at all.
+    pub fn is_active(&self) -> bool {
+        self.check.kind != HealthCheckKind::None
+    }
+
     /// Probes exactly `backends`: starts what is new, stops what is gone.
     pub fn track<'a>(&mut self, backends: impl IntoIterator<Item = &'a DestinationKey>) {
         if self.check.kind == HealthCheckKind::None {

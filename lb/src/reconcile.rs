@@ -83,6 +83,21 @@ pub fn reconcile(desired: &DesiredState, observed: &ObservedState, options: Reco
     plan
 }
 
+/// The plan for just `touched`, services whose backends changed, as [`reconcile`] would plan them, without
+/// comparing every other service. `None` when one of them is anything but an owned service both in the intent and
+/// in the kernel on a local address (new, removed, foreign): that needs the full [`reconcile`].
+pub fn reconcile_services(desired: &DesiredState, observed: &ObservedState, options: ReconcileOptions, touched: &BTreeSet<ServiceKey>) -> Option<Plan> {
+    let mut plan = Plan::default();
+    for key in touched {
+        let (wanted, present) = (desired.services.get(key)?, observed.services.get(key)?);
+        if !observed.owns(key) || !observed.addresses.contains(&key.address) {
+            return None;
+        }
+        update_service(&mut plan.steps, *key, wanted, present, options);
+    }
+    Some(plan)
+}
+
 /// The destinations a dataplane should hold for `wanted`.
 fn kernel_destinations(wanted: &DesiredService, options: ReconcileOptions) -> impl Iterator<Item = Destination> + '_ {
     wanted
@@ -103,10 +118,8 @@ fn update_service(steps: &mut Vec<Step>, key: ServiceKey, wanted: &DesiredServic
     if present.settings != wanted.settings {
         steps.push(Step::UpdateService(Service { key, settings: wanted.settings }));
     }
-    let mut kept = BTreeSet::new();
     // New and changed destinations go before removals, so a service is never left emptier than it needs to be.
     for destination in kernel_destinations(wanted, options) {
-        kept.insert(destination.key);
         match present.destinations.get(&destination.key) {
             None => steps.push(Step::AddDestination { service: key, destination }),
             Some(state) if state.weight != destination.weight => {
@@ -115,8 +128,10 @@ fn update_service(steps: &mut Vec<Step>, key: ServiceKey, wanted: &DesiredServic
             Some(_) => {}
         }
     }
+    // Looked up rather than collected: a sync compares every service, and almost all of them are unchanged.
     for (destination, state) in &present.destinations {
-        if !kept.contains(destination) {
+        let kept = wanted.destinations.get(destination).is_some_and(|weight| options.keeps_zero_weight || *weight > 0);
+        if !kept {
             retire_destination(steps, key, *destination, state.weight, state.active_connections, options);
         }
     }
@@ -248,6 +263,29 @@ mod tests {
             ]
         );
         assert!(plan.add_addresses.is_empty() && plan.remove_addresses.is_empty());
+    }
+
+    #[test]
+    fn planning_only_the_touched_services_plans_them_as_the_full_plan_does() {
+        let want = desired(&[
+            (vip(10, 80), rr(), &[(cell(2, 10001), 5), (cell(4, 10001), 1)]),
+            (vip(11, 80), rr(), &[(cell(3, 10001), 2)]),
+            (vip(12, 80), rr(), &[(cell(3, 10002), 1)]),
+        ]);
+        let have = owned(&[
+            (vip(10, 80), &[(cell(2, 10001), 1, 0), (cell(5, 10001), 1, 3)]),
+            (vip(11, 80), &[(cell(3, 10001), 1, 0)]),
+        ]);
+        let options = ReconcileOptions::default();
+        let full = reconcile(&want, &have, options);
+        let touched = BTreeSet::from([vip(10, 80)]);
+        let partial = reconcile_services(&want, &have, options, &touched).unwrap();
+        let expected: Vec<Step> = full.steps.iter().filter(|step| step.service() == vip(10, 80)).cloned().collect();
+        assert_eq!(partial.steps, expected);
+        assert!(partial.add_addresses.is_empty() && partial.remove_addresses.is_empty());
+        // A service the kernel does not hold yet needs the full plan (its address, its conflicts).
+        assert!(reconcile_services(&want, &have, options, &BTreeSet::from([vip(12, 80)])).is_none());
+        assert_eq!(reconcile_services(&want, &have, options, &BTreeSet::new()).unwrap().steps, Vec::new());
     }
 
     #[test]

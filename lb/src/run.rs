@@ -14,8 +14,9 @@ use crate::metrics::LbMetrics;
 use crate::model::{DestinationKey, ObservedState, ServiceKey};
 use crate::probe::{ProbeResult, Prober};
 use crate::status::LbStatus;
-use crate::sync::{self, Kernel, LoopTiming, SyncHandle, SyncRequest};
+use crate::sync::{self, Kernel, LoopTiming, SyncHandle, SyncRequest, SyncUpdate};
 use crate::LbError;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -152,9 +153,38 @@ struct Runner {
     complete: bool,
     nats_connected: bool,
     nats_connects: u64,
-    dirty: bool,
+    /// What changed since the last publish.
+    dirty: Dirty,
     last_publish: Option<Instant>,
     last_rejected: Vec<Rejection>,
+}
+
+/// What changed since the last publish.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum Dirty {
+    /// Nothing.
+    #[default]
+    Clean,
+    /// Only the announcements of these VIPs: they alone are resolved again.
+    Announced(BTreeSet<String>),
+    /// Anything: resolve everything.
+    All,
+}
+
+impl Dirty {
+    fn all(&mut self) {
+        *self = Self::All;
+    }
+
+    fn announced(&mut self, vip: &str) {
+        match self {
+            Self::Clean => *self = Self::Announced(BTreeSet::from([vip.to_owned()])),
+            Self::Announced(vips) => {
+                vips.insert(vip.to_owned());
+            }
+            Self::All => {}
+        }
+    }
 }
 
 impl Runner {
@@ -173,7 +203,9 @@ impl Runner {
                 if changed {
                     tracing::info!(action = action.as_str(), vip = %announcement.vip, host = %announcement.host, port = announcement.port, "backend announcement");
                 }
-                self.dirty |= changed;
+                if changed {
+                    self.dirty.announced(&announcement.vip);
+                }
             }
             Err(reason) => {
                 self.metrics.announcement_messages.with_label_values(&[action.as_str(), "rejected"]).inc();
@@ -190,7 +222,7 @@ impl Runner {
                 if !self.complete {
                     tracing::info!("VIP bucket read; VIPs missing from every source may now be removed");
                     self.complete = true;
-                    self.dirty = true;
+                    self.dirty.all();
                 }
                 return;
             }
@@ -201,12 +233,14 @@ impl Runner {
                 if changed {
                     tracing::info!(vip = %key, ?revision, "VIP bucket change");
                 }
-                self.dirty |= changed;
+                if changed {
+                    self.dirty.all();
+                }
             }
             Err(problem) => {
                 self.metrics.kv_updates.with_label_values(&["rejected"]).inc();
                 tracing::warn!(vip = %key, ?revision, %problem, "refused a VIP from the bucket; its last valid value stays in force");
-                self.dirty = true;
+                self.dirty.all();
             }
         }
     }
@@ -219,7 +253,7 @@ impl Runner {
                 (Err(reason), Health::Down) => tracing::warn!(backend = %result.backend, %reason, "backend failed its health checks; out of rotation"),
                 _ => tracing::info!(backend = %result.backend, "backend passed its health checks; back in rotation"),
             }
-            self.dirty = true;
+            self.dirty.all();
         }
     }
 
@@ -241,7 +275,7 @@ impl Runner {
         if pruned > 0 {
             tracing::info!(backends = pruned, "pruned announcements that were not refreshed in time");
             self.metrics.pruned.inc_by(u64::try_from(pruned).unwrap_or(u64::MAX));
-            self.dirty = true;
+            self.dirty.all();
         }
     }
 
@@ -271,20 +305,45 @@ impl Runner {
         self.prober.set_check(config.health_check.clone());
         self.config = LbConfig { vips: config.vips, health_check: config.health_check, backend_stale_threshold: config.backend_stale_threshold, ..self.config.clone() };
         tracing::info!(file = %self.config_path.display(), "configuration reloaded");
-        self.dirty = true;
+        self.dirty.all();
     }
 
     /// Resolves the sources and hands the result to the status page, the prober and the sync loop.
     fn publish(&mut self) {
-        self.dirty = false;
+        let dirty = std::mem::take(&mut self.dirty);
         self.last_publish = Some(Instant::now());
+        if let Dirty::Announced(vips) = dirty {
+            self.publish_announced(&vips);
+            return;
+        }
         let intent = self.sources.resolve();
         self.record(&intent);
         let backends = intent.backends();
         self.prober.track(&backends);
         self.sources.retain_health(&backends);
-        self.sync.request(SyncRequest { desired: intent.desired(), complete: self.complete });
+        self.sync.request(SyncRequest { update: SyncUpdate::All(intent.desired()), complete: self.complete });
         *self.status.intent.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(intent);
+    }
+
+    /// Publishes a change of announcements only: resolves just the VIPs concerned, in place, and hands the sync loop
+    /// just their services, so one cell coming or going costs the same with 10 VIPs as with 10,000.
+    fn publish_announced(&mut self, vips: &BTreeSet<String>) {
+        let (intent, updates) = {
+            let mut shared = self.status.intent.write().unwrap_or_else(PoisonError::into_inner);
+            // Copies the intent only if a status request is reading it right now.
+            let intent = Arc::make_mut(&mut shared);
+            let updates: Vec<_> = vips.iter().filter_map(|vip| self.sources.refresh_vip(intent, vip)).collect();
+            (Arc::clone(&shared), updates)
+        };
+        self.record(&intent);
+        if self.prober.is_active() {
+            let backends = intent.backends();
+            self.prober.track(&backends);
+            self.sources.retain_health(&backends);
+        }
+        if !updates.is_empty() {
+            self.sync.request(SyncRequest { update: SyncUpdate::Services(updates), complete: self.complete });
+        }
     }
 
     fn record(&mut self, intent: &Intent) {
@@ -308,7 +367,7 @@ impl Runner {
 
     /// When the next publish may happen, if one is due.
     fn publish_at(&self) -> Option<Instant> {
-        if !self.dirty {
+        if self.dirty == Dirty::Clean {
             return None;
         }
         Some(self.last_publish.map_or_else(Instant::now, |last| last + self.config.sync_min_interval))
@@ -335,10 +394,12 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
     if let Some(traffic) = &traffic {
         metrics.registry.register(Box::new(traffic.collector("lb")));
     }
+    let reading = Instant::now();
     kernel.prepare()?;
     let observed = kernel.observe()?;
+    let seconds = reading.elapsed().as_secs_f64();
     let sources = initial_sources(&config, &observed, Instant::now());
-    tracing::info!(dataplane = kernel.dataplane_name(), services = observed.services.len(), addresses = observed.addresses.len(), "read the kernel");
+    tracing::info!(dataplane = kernel.dataplane_name(), services = observed.services.len(), addresses = observed.addresses.len(), seconds, "read the kernel");
     let timing = LoopTiming { min_interval: config.sync_min_interval, repair_interval: config.sync_interval };
     let sync = sync::spawn(kernel, timing, metrics.clone(), Some(observed)).map_err(LbError::Thread)?;
 
@@ -385,7 +446,7 @@ pub async fn run(config_path: &Path) -> Result<(), LbError> {
         complete,
         nats_connected: false,
         nats_connects: 0,
-        dirty: true,
+        dirty: Dirty::All,
         last_publish: None,
         last_rejected: Vec::new(),
         config,

@@ -3,8 +3,8 @@
 //!
 //! The kernel is the only record that survives restarts and other people's edits, so `lb` diffs against what it
 //! reads there, and the diff of an unchanged kernel is empty, so nothing is written. Reading is the expensive
-//! part, though: listing an nftables table of 10,000 VIPs takes seconds, while writing one VIP's chain takes
-//! milliseconds. So the loop reads the kernel at start-up, after any failed sync, and on the repair timer, and in
+//! part, though: reading an nftables table of 10,000 VIPs takes most of a second, while writing one VIP's chain
+//! takes milliseconds. So the loop reads the kernel at start-up, after any failed sync, and on the repair timer, and in
 //! between diffs a change against the state the previous syncs left (what was read, plus the plans applied since).
 //! A one-backend change is then one small write. The repair timer also catches drift (someone else's edits) and
 //! finishes drains whose connections have ended; it never fires more often than 20 reads' worth of time, so a
@@ -16,10 +16,11 @@
 use crate::dataplane::{self, Dataplane, DataplaneError, DataplaneSettings, NFT_TABLE};
 use crate::locality::VipAddresses;
 use crate::metrics::LbMetrics;
-use crate::model::{DesiredState, ObservedState, Plan};
-use crate::reconcile::{ReconcileOptions, reconcile};
+use crate::model::{DesiredService, DesiredState, ObservedState, Plan, ServiceKey};
+use crate::reconcile::{ReconcileOptions, reconcile, reconcile_services};
 use crate::sysctl;
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,15 +74,24 @@ impl Kernel {
     }
 
     /// Applies a plan computed against `observed`: addresses first, then the dataplane steps, then releases.
-    pub fn apply(&mut self, observed: &ObservedState, plan: &Plan) -> Result<(), DataplaneError> {
+    /// Returns how long each part took, for the log line that reports the sync.
+    pub fn apply(&mut self, observed: &ObservedState, plan: &Plan) -> Result<ApplyTimes, DataplaneError> {
+        let mut times = ApplyTimes::default();
+        let started = Instant::now();
         if plan.add_addresses.iter().any(IpAddr::is_ipv6) {
             sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
         }
         self.addresses.apply(&plan.add_addresses, &[])?;
+        times.addresses = started.elapsed();
         if !plan.steps.is_empty() {
+            let started = Instant::now();
             self.dataplane.apply(&observed.services, &plan.steps)?;
+            times.dataplane = started.elapsed();
         }
-        self.addresses.apply(&[], &plan.remove_addresses)
+        let started = Instant::now();
+        self.addresses.apply(&[], &plan.remove_addresses)?;
+        times.addresses += started.elapsed();
+        Ok(times)
     }
 
     /// Removes everything `lb` owns: every owned service at once (no draining), the addresses, the dataplane's
@@ -97,13 +107,32 @@ impl Kernel {
     }
 }
 
+/// Where the time of applying a plan went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyTimes {
+    /// Making VIP addresses local and releasing them (`ip -batch`).
+    pub addresses: Duration,
+    /// The dataplane's steps (one nft transaction, or the IPVS netlink requests).
+    pub dataplane: Duration,
+}
+
 /// What the sync loop is asked to reach.
 #[derive(Debug, Clone)]
 pub struct SyncRequest {
-    /// The desired state.
-    pub desired: DesiredState,
+    /// The desired state, or what changed in it.
+    pub update: SyncUpdate,
     /// Whether every source has reported at least once; until then owned services missing from `desired` stay.
     pub complete: bool,
+}
+
+/// A new desired state, whole or as the services that changed.
+#[derive(Debug, Clone)]
+pub enum SyncUpdate {
+    /// The whole desired state.
+    All(DesiredState),
+    /// New values of existing services (an announcement changed a VIP's backends). Between re-reads of the
+    /// kernel, the loop plans only these services rather than comparing all of them.
+    Services(Vec<(ServiceKey, DesiredService)>),
 }
 
 /// The outcome of the latest syncs, for `/vips` and `/health`.
@@ -134,7 +163,7 @@ pub struct LoopTiming {
 
 /// Feeds the sync loop. Dropping it stops the loop after the sync in progress.
 pub struct SyncHandle {
-    requests: Sender<Arc<SyncRequest>>,
+    requests: Sender<SyncRequest>,
     /// Shared outcome of the syncs.
     pub status: Arc<Mutex<SyncStatus>>,
 }
@@ -143,7 +172,7 @@ impl SyncHandle {
     /// Asks for the kernel to reach `request`; newer requests replace older ones not yet synced.
     pub fn request(&self, request: SyncRequest) {
         // A send error means the loop thread has ended, which only happens at shutdown.
-        let _ = self.requests.send(Arc::new(request));
+        let _ = self.requests.send(request);
     }
 }
 
@@ -151,23 +180,23 @@ impl SyncHandle {
 pub fn spawn(kernel: Kernel, timing: LoopTiming, metrics: LbMetrics, observed: Option<ObservedState>) -> std::io::Result<SyncHandle> {
     let (requests, receiver) = channel();
     let status = Arc::new(Mutex::new(SyncStatus { dataplane: kernel.dataplane_name(), ..SyncStatus::default() }));
-    let mut syncer = Syncer { kernel, timing, metrics, status: Arc::clone(&status), known: observed, next_repair: Instant::now() + timing.repair_interval };
+    let mut syncer = Syncer {
+        kernel,
+        timing,
+        metrics,
+        status: Arc::clone(&status),
+        known: observed,
+        next_repair: Instant::now() + timing.repair_interval,
+        desired: None,
+        complete: false,
+        touched: None,
+        pending: false,
+        conflicts: Vec::new(),
+    };
     std::thread::Builder::new().name("lb-sync".to_owned()).spawn(move || syncer.run(&receiver))?;
     Ok(SyncHandle { requests, status })
 }
 
-/// Waits until `deadline` for requests; keeps only the newest. Returns false once the sender is gone.
-fn receive(receiver: &Receiver<Arc<SyncRequest>>, deadline: Instant, current: &mut Option<Arc<SyncRequest>>) -> bool {
-    match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        Ok(request) => *current = Some(request),
-        Err(RecvTimeoutError::Timeout) => {}
-        Err(RecvTimeoutError::Disconnected) => return false,
-    }
-    while let Ok(request) = receiver.try_recv() {
-        *current = Some(request);
-    }
-    true
-}
 
 /// A full read of the kernel is spaced at least this many read-durations apart.
 const READS_BETWEEN_REPAIRS: u32 = 20;
@@ -180,31 +209,87 @@ struct Syncer {
     /// What the kernel holds, as of the last read plus the plans applied since; `None` forces a read.
     known: Option<ObservedState>,
     next_repair: Instant,
+    /// The desired state, as of every request received; `None` until the first.
+    desired: Option<DesiredState>,
+    /// Whether every source has reported, as of the last request.
+    complete: bool,
+    /// Services changed since the last successful sync; `None`: anything may have, plan everything.
+    touched: Option<BTreeSet<ServiceKey>>,
+    /// Whether a request arrived since the last sync.
+    pending: bool,
+    /// Conflicts found by the last full plan; a plan of a few services keeps reporting them.
+    conflicts: Vec<ServiceKey>,
 }
 
 impl Syncer {
-    fn run(&mut self, receiver: &Receiver<Arc<SyncRequest>>) {
-        let mut current: Option<Arc<SyncRequest>> = None;
+    /// Waits until `deadline` for requests and folds in every one that arrived. Returns false once the sender is
+    /// gone.
+    fn receive(&mut self, receiver: &Receiver<SyncRequest>, deadline: Instant) -> bool {
+        match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(request) => self.take(request),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+        while let Ok(request) = receiver.try_recv() {
+            self.take(request);
+        }
+        true
+    }
+
+    fn take(&mut self, request: SyncRequest) {
+        if request.complete != self.complete {
+            self.touched = None;
+        }
+        self.complete = request.complete;
+        match (request.update, &mut self.desired) {
+            (SyncUpdate::Services(services), Some(desired)) => {
+                for (key, service) in services {
+                    if let Some(touched) = &mut self.touched {
+                        touched.insert(key);
+                    }
+                    desired.services.insert(key, service);
+                }
+            }
+            (SyncUpdate::All(desired), _) => {
+                self.desired = Some(desired);
+                self.touched = None;
+            }
+            // Changes to a state never received: the whole state comes first, so this does not happen.
+            (SyncUpdate::Services(_), None) => return,
+        }
+        self.pending = true;
+    }
+
+    fn run(&mut self, receiver: &Receiver<SyncRequest>) {
         let mut retry_at: Option<Instant> = None;
         let mut last_sync: Option<Instant> = None;
         loop {
             let deadline = retry_at.map_or(self.next_repair, |retry| retry.min(self.next_repair));
-            if !receive(receiver, deadline, &mut current) {
+            if !self.receive(receiver, deadline) {
                 return;
             }
             // Rate limit: gather whatever else arrives during the pause into the same sync.
             if let Some(last) = last_sync {
                 let pause = self.timing.min_interval.saturating_sub(last.elapsed());
-                if !pause.is_zero() && !receive(receiver, Instant::now() + pause, &mut current) {
+                if !pause.is_zero() && !self.receive(receiver, Instant::now() + pause) {
                     return;
                 }
             }
-            let Some(request) = current.clone() else { continue };
+            if self.desired.is_none() {
+                continue;
+            }
+            if !self.pending {
+                // Woken by the repair timer or a retry: plan everything.
+                self.touched = None;
+            }
             let started = Instant::now();
-            let outcome = self.sync_once(&request);
+            let outcome = self.sync_once();
             last_sync = Some(Instant::now());
             self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
-            retry_at = self.record(outcome).then(|| Instant::now() + self.timing.repair_interval.min(Duration::from_secs(1)));
+            let failed = self.record(outcome);
+            self.pending = false;
+            self.touched = (!failed).then(BTreeSet::new);
+            retry_at = failed.then(|| Instant::now() + self.timing.repair_interval.min(Duration::from_secs(1)));
         }
     }
 
@@ -233,45 +318,101 @@ impl Syncer {
     }
 
     /// The kernel state to diff against: read afresh when due (or unknown), else the state previous syncs left.
-    fn kernel_state(&mut self) -> Result<ObservedState, DataplaneError> {
+    /// Takes the known state out of `self.known`: until the sync succeeds and puts it back, the next one reads the
+    /// kernel again.
+    /// Also tells whether it was read afresh.
+    fn kernel_state(&mut self) -> Result<(ObservedState, bool), DataplaneError> {
         let repair = Instant::now() >= self.next_repair;
-        if let (false, Some(known)) = (repair, &self.known) {
-            return Ok(known.clone());
+        if !repair && let Some(known) = self.known.take() {
+            return Ok((known, false));
         }
+        self.known = None;
         let started = Instant::now();
         if repair {
             self.kernel.repair()?;
         }
         let observed = self.kernel.observe()?;
-        let spacing = (started.elapsed() * READS_BETWEEN_REPAIRS).max(self.timing.repair_interval);
+        let seconds = started.elapsed();
+        tracing::debug!(seconds = seconds.as_secs_f64(), services = observed.services.len(), "read the kernel");
+        let spacing = (seconds * READS_BETWEEN_REPAIRS).max(self.timing.repair_interval);
         self.next_repair = Instant::now() + spacing;
-        Ok(observed)
+        Ok((observed, true))
     }
 
     /// One sync: plan against the kernel state, apply, remember the result. Logs every change it makes.
-    fn sync_once(&mut self, request: &SyncRequest) -> Result<Plan, DataplaneError> {
+    fn sync_once(&mut self) -> Result<Plan, DataplaneError> {
         let started = Instant::now();
         if self.known.is_none() {
             // After a failure the kernel may hold anything between the old and the new state: read it.
             self.next_repair = Instant::now();
         }
-        let mut state = self.kernel_state()?;
-        // Until this sync succeeds, the next one reads the kernel again.
-        self.known = None;
-        let plan = reconcile(&request.desired, &state, self.kernel.options(request.complete));
+        // Only against the state previous syncs left can a plan skip the services that did not change.
+        let (mut state, read) = self.kernel_state()?;
+        let Some(desired) = &self.desired else { return Ok(Plan::default()) };
+        let options = self.kernel.options(self.complete);
+        let partial = match &self.touched {
+            Some(touched) if !read => reconcile_services(desired, &state, options, touched),
+            _ => None,
+        };
+        let plan = match partial {
+            Some(mut plan) => {
+                plan.conflicts.clone_from(&self.conflicts);
+                plan
+            }
+            None => {
+                let plan = reconcile(desired, &state, options);
+                self.conflicts.clone_from(&plan.conflicts);
+                plan
+            }
+        };
+        let planned = started.elapsed();
         for conflict in &plan.conflicts {
             tracing::warn!(service = %conflict, "the kernel already has this service and lb does not own it; leaving it alone");
         }
         if !plan.is_empty() {
-            for line in plan.to_string().lines() {
-                tracing::info!(change = line, "sync");
-            }
-            self.kernel.apply(&state, &plan)?;
-            tracing::info!(changes = plan.len(), seconds = started.elapsed().as_secs_f64(), "kernel updated");
+            log_changes(&plan);
+            let times = self.kernel.apply(&state, &plan)?;
+            tracing::info!(
+                changes = plan.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                plan_seconds = planned.as_secs_f64(),
+                dataplane_seconds = times.dataplane.as_secs_f64(),
+                addresses_seconds = times.addresses.as_secs_f64(),
+                "kernel updated"
+            );
             plan.apply_to(&mut state);
         }
         self.known = Some(state);
         Ok(plan)
+    }
+}
+
+/// Plans up to this size are logged change by change; a bigger one (a start from empty, a big reload) is logged as
+/// a count per kind, its changes at debug level, so a 100,000-change sync does not spend longer writing its log
+/// than the kernel spends applying it.
+const LOGGED_CHANGES: usize = 100;
+
+fn log_changes(plan: &Plan) {
+    let large = plan.len() > LOGGED_CHANGES;
+    if large {
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for step in &plan.steps {
+            *kinds.entry(step.kind()).or_default() += 1;
+        }
+        kinds.insert("add_address", plan.add_addresses.len());
+        kinds.insert("remove_address", plan.remove_addresses.len());
+        let kinds: Vec<String> = kinds.into_iter().filter(|(_, n)| *n > 0).map(|(kind, n)| format!("{kind}={n}")).collect();
+        tracing::info!(changes = plan.len(), kinds = %kinds.join(" "), "sync (each change at debug level)");
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+    }
+    for line in plan.to_string().lines() {
+        if large {
+            tracing::debug!(change = line, "sync");
+        } else {
+            tracing::info!(change = line, "sync");
+        }
     }
 }
 

@@ -224,6 +224,14 @@ fn a_vip_reaches_both_cells_through_snat_and_follows_the_file() {
     assert_eq!(web["backends"][0]["source"], "file");
     // The empty VIP left the file: its service and its address (released just after the nft transaction) go.
     assert!(wait_until(Duration::from_secs(5), || !hosts.ruleset().contains("198.18.0.12")), "{}", hosts.ruleset());
+    assert_netlink_only(&lb);
+}
+
+/// lb wrote and read its table over netlink throughout: `nft` had to neither replay a refused batch nor list the
+/// table (either would still work, and so would hide a netlink encoding `nft` does not share).
+fn assert_netlink_only(lb: &Service) {
+    let log = lb.log();
+    assert!(!log.contains("replaying it through nft") && !log.contains("asking nft"), "lb fell back to nft:\n{log}");
 }
 
 #[test]
@@ -385,6 +393,7 @@ fn announcements_and_published_vips_go_live_without_a_restart() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("removed VIP `api`"), "{stdout}");
     assert!(wait_until(Duration::from_secs(5), || !hosts.ruleset().contains("198.18.0.11")), "{}", hosts.ruleset());
+    assert_netlink_only(&lb);
     drop(lb);
     drop(nats);
 }

@@ -1,35 +1,81 @@
 //! The nftables dataplane: DNAT rules in a table of `lb`'s own, written in one atomic transaction per sync.
 //!
-//! It drives the `nft` binary with JSON (`nft -j`), the interface nftables itself keeps stable for programs, and
-//! keeps all knowledge of the ruleset's shape in [`ruleset`], which is pure. This module only runs `nft`.
+//! Changes go to the kernel as one nf_tables netlink batch ([`netlink`]): `nft` would first read back the whole
+//! table to build its cache, tens of milliseconds with 10,000 VIPs however small the change. The table is read
+//! back with netlink dumps too: `nft -j list` spends seconds printing 10,000 rules. The `nft` binary declares the
+//! table, hook chains and maps (rare, and nft records a map's `typeof` in its user data), replays a change the
+//! kernel refused as text (so its error names the command), and reads the table as JSON if a netlink read fails. All knowledge of the ruleset's shape is in
+//! [`ruleset`], which is pure; this module only runs `nft` and remembers what the table holds for each VIP (its
+//! [`ruleset::Footprint`]), so a change writes only the objects that differ instead of rereading 10,000 VIPs.
 //! The table is the ownership record: everything in it is `lb`'s, nothing outside it is touched.
 
+pub mod netlink;
 pub mod ruleset;
 
 use super::{Capabilities, Dataplane, DataplaneError, DataplaneSettings, ObservedServices};
-use crate::model::{Step, apply_step};
+use crate::model::{ServiceKey, Step, apply_step};
 use crate::tool::{NFT, is_absent};
+use netlink::NftSocket;
+use ruleset::{Footprint, Listing};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 /// Drives `nft` for one table.
 #[derive(Debug)]
 pub struct NftDataplane {
     settings: DataplaneSettings,
+    /// What the table holds for each VIP, as of the last listing plus the transactions applied since.
+    footprints: BTreeMap<ServiceKey, Footprint>,
+    /// The listing [`Dataplane::prepare`] made, kept for the [`Dataplane::observe`] that always follows it, so a
+    /// start or a repair lists a big table once rather than twice.
+    prepared: Option<Listing>,
+    /// The DNAT maps the table holds, so a change declares a map (through `nft`) only when it is new.
+    maps: BTreeSet<String>,
+    /// The netlink socket changes go through, opened on first use.
+    socket: Option<NftSocket>,
 }
 
 impl NftDataplane {
     /// A dataplane for the table named in `settings`.
     pub fn new(settings: DataplaneSettings) -> Self {
-        Self { settings }
+        Self { settings, footprints: BTreeMap::new(), prepared: None, maps: BTreeSet::new(), socket: None }
     }
 
-    fn list(&self) -> Result<ruleset::Listing, DataplaneError> {
+    fn list(&mut self) -> Result<Listing, DataplaneError> {
+        let listing = match self.read() {
+            Ok(listing) => listing,
+            Err(err) => {
+                tracing::info!(table = %self.settings.nft_table, error = %err, "could not read the nftables table over netlink; asking nft");
+                self.socket = None;
+                self.list_through_nft()?
+            }
+        };
+        self.footprints.clone_from(&listing.footprints);
+        self.maps.clone_from(&listing.maps);
+        Ok(listing)
+    }
+
+    /// Reads the table over netlink: `nft -j list` spends seconds printing a big table.
+    fn read(&mut self) -> Result<Listing, DataplaneError> {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            None => self.socket.insert(NftSocket::open()?),
+        };
+        Ok(match socket.list_table(&self.settings.nft_table)? {
+            Some(raw) => ruleset::listing_from_raw(&raw, &self.settings),
+            None => Listing::default(),
+        })
+    }
+
+    fn list_through_nft(&self) -> Result<Listing, DataplaneError> {
         let table = &self.settings.nft_table;
-        match nft(&["-j", "list", "table", "inet", table], None) {
-            Ok(stdout) => ruleset::parse_listing(&stdout, &self.settings).map_err(DataplaneError::Observe),
+        let listing = match nft(&["-j", "list", "table", "inet", table], None) {
+            Ok(stdout) => ruleset::parse_listing(&stdout, &self.settings).map_err(DataplaneError::Observe)?,
             // The table not existing yet is the normal state of a fresh machine.
-            Err(err) if is_absent(&err) => Ok(ruleset::Listing::default()),
-            Err(err) => Err(err),
-        }
+            Err(err) if is_absent(&err) => Listing::default(),
+            Err(err) => return Err(err),
+        };
+        Ok(listing)
     }
 }
 
@@ -46,6 +92,22 @@ pub fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, DataplaneError>
     })
 }
 
+impl NftDataplane {
+    fn commit(&mut self, changes: &ruleset::Changes) -> Result<(), DataplaneError> {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            None => self.socket.insert(NftSocket::open()?),
+        };
+        let started = Instant::now();
+        let mut batch = socket.batch(&self.settings.nft_table);
+        changes.encode(&mut batch);
+        let (messages, bytes, encoded) = (batch.messages(), batch.len(), started.elapsed());
+        socket.commit(batch)?;
+        tracing::debug!(messages, bytes, encode_seconds = encoded.as_secs_f64(), seconds = started.elapsed().as_secs_f64(), "nftables batch committed");
+        Ok(())
+    }
+}
+
 impl Dataplane for NftDataplane {
     fn name(&self) -> &'static str {
         "nftables"
@@ -56,16 +118,22 @@ impl Dataplane for NftDataplane {
     }
 
     fn prepare(&mut self) -> Result<(), DataplaneError> {
-        if self.list()?.base_intact {
-            return Ok(());
+        let listing = self.list()?;
+        if !listing.base_intact {
+            tracing::info!(table = %self.settings.nft_table, "writing the nftables base chains");
+            let commands = ruleset::base(&self.settings.nft_table, &self.settings);
+            nft(&["-f", "-"], Some(&ruleset::transaction(&commands)))?;
         }
-        tracing::info!(table = %self.settings.nft_table, "writing the nftables base chains");
-        let commands = ruleset::base(&self.settings.nft_table, &self.settings);
-        nft(&["-j", "-f", "-"], Some(&ruleset::transaction(commands))).map(drop)
+        // Writing the base touches no VIP, so the listing still tells what the VIPs are.
+        self.prepared = Some(listing);
+        Ok(())
     }
 
     fn observe(&mut self) -> Result<ObservedServices, DataplaneError> {
-        let listing = self.list()?;
+        let listing = match self.prepared.take() {
+            Some(listing) => listing,
+            None => self.list()?,
+        };
         for damaged in &listing.damaged {
             tracing::warn!(table = %self.settings.nft_table, %damaged, "an nftables object in lb's table is not as lb wrote it; it will be rewritten");
         }
@@ -73,20 +141,50 @@ impl Dataplane for NftDataplane {
     }
 
     fn apply(&mut self, before: &ObservedServices, steps: &[Step]) -> Result<(), DataplaneError> {
-        let mut after = before.clone();
+        self.prepared = None;
+        let touched: BTreeSet<ServiceKey> = steps.iter().map(Step::service).collect();
+        let mut after: ObservedServices = touched.iter().filter_map(|key| Some((*key, before.get(key)?.clone()))).collect();
         for step in steps {
             apply_step(&mut after, step, true);
         }
-        let table = &self.settings.nft_table;
-        let mut commands = ruleset::skeleton(table);
-        let touched: std::collections::BTreeSet<_> = steps.iter().map(Step::service).collect();
+        let table = &self.settings.nft_table.clone();
+        let mut changes = ruleset::Changes::default();
+        let mut footprints = Vec::with_capacity(touched.len());
+        let absent = Footprint::default();
         for key in &touched {
-            commands.extend(ruleset::service_commands(table, key, before.get(key), after.get(key), &self.settings));
+            let present = self.footprints.get(key).unwrap_or(&absent);
+            footprints.push((*key, changes.service(table, key, present, after.get(key), &self.settings)));
         }
-        nft(&["-j", "-f", "-"], Some(&ruleset::transaction(commands))).map(drop)
+        // New maps are declared first, through nft: an empty map changes no traffic.
+        let new_maps: Vec<&String> = changes.maps().filter(|(name, _)| !self.maps.contains(*name)).map(|(_, declaration)| declaration).collect();
+        if !new_maps.is_empty() {
+            let mut commands = ruleset::skeleton(table);
+            commands.extend(new_maps.into_iter().cloned());
+            nft(&["-f", "-"], Some(&ruleset::transaction(&commands)))?;
+            self.maps.extend(changes.maps().map(|(name, _)| name.clone()));
+        }
+        // A batch applies whole or not at all, so on failure the footprints still describe the table.
+        if let Err(err) = self.commit(&changes) {
+            // Replay it as text: nft recreates what someone deleted (the skeleton, the maps), and if the kernel
+            // still refuses, nft's error names the command.
+            tracing::info!(table = %table, error = %err, "the nftables batch was refused; replaying it through nft");
+            self.socket = None;
+            let mut commands = ruleset::skeleton(table);
+            commands.extend(changes.commands(table));
+            nft(&["-f", "-"], Some(&ruleset::transaction(&commands)))?;
+        }
+        for (key, footprint) in footprints {
+            if footprint == Footprint::default() {
+                self.footprints.remove(&key);
+            } else {
+                self.footprints.insert(key, footprint);
+            }
+        }
+        Ok(())
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        self.maps.clear();
         match nft(&["delete", "table", "inet", &self.settings.nft_table], None) {
             Err(err) if is_absent(&err) => Ok(()),
             other => other.map(drop),
