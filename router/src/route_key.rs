@@ -8,12 +8,17 @@ use std::fmt;
 
 /// Longest host name that can be routed. DNS names are at most 253 bytes; the rest is room for a wildcard.
 pub const MAX_HOST_LEN: usize = 255;
+// A key records where its host ends in one byte.
+const _: () = assert!(MAX_HOST_LEN <= u8::MAX as usize);
 
-/// A registered route: lower-case host and the context path (`""` or `/seg/seg`).
+/// A registered route: lower-case host and the context path (`""` or `/seg/seg`), held in one buffer, so a key
+/// costs one allocation and the host is never stored twice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
-    host: Box<str>,
-    path: Box<str>,
+    /// `host` followed by `path`.
+    text: Box<str>,
+    /// Where the host ends in `text` (a host is at most [`MAX_HOST_LEN`] bytes).
+    host_len: u8,
 }
 
 impl RouteKey {
@@ -24,36 +29,36 @@ impl RouteKey {
             Some(slash) => without_query.split_at(slash),
             None => (without_query, ""),
         };
-        if host.is_empty() || host.len() > MAX_HOST_LEN {
-            return None;
+        let host_len = u8::try_from(host.len()).ok().filter(|&len| len > 0)?;
+        let mut text = String::with_capacity(without_query.len());
+        text.push_str(host);
+        for segment in path_segments(path) {
+            text.push('/');
+            text.push_str(segment);
         }
-        let mut normalised_path = String::with_capacity(path.len());
-        for segment in path.split('/').filter(|s| !s.is_empty()) {
-            normalised_path.push('/');
-            normalised_path.push_str(&segment.to_ascii_lowercase());
-        }
-        Some(Self { host: host.to_ascii_lowercase().into_boxed_str(), path: normalised_path.into_boxed_str() })
+        text.make_ascii_lowercase();
+        Some(Self { text: text.into_boxed_str(), host_len })
     }
 
     /// Lower-case host, possibly a wildcard (`*.example.com`).
     pub fn host(&self) -> &str {
-        &self.host
+        self.text.get(..usize::from(self.host_len)).unwrap_or_default()
     }
 
     /// Context path: empty, or `/` followed by segments.
     pub fn path(&self) -> &str {
-        &self.path
+        self.text.get(usize::from(self.host_len)..).unwrap_or_default()
     }
 
     /// The path's segments, in order.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
-        path_segments(&self.path)
+        path_segments(self.path())
     }
 }
 
 impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.host, self.path)
+        f.write_str(&self.text)
     }
 }
 
