@@ -20,10 +20,11 @@
 //! A leaf is a flat Robin Hood hash table of 16-byte slots (a 32-bit tag and one pointer), so a probe reads one
 //! or two adjacent cache lines, and a miss (the exact host and the first wildcards of a wildcard walk usually
 //! miss) ends as soon as the probe passes where the key would be, without touching any key. A hit is confirmed
-//! against the key text of the pool itself (for a host with only a root route, by far the most common case) or of
-//! the host's route list, so the host is stored once. A host with context paths keeps its paths in one buffer,
-//! grouped by depth and sorted within a group, so the longest match is a binary search per route depth present,
-//! deepest first; request segments are compared in place, case-insensitively, with no allocation.
+//! against the key of the pool itself (for a host with only a root route, by far the most common case; a key of
+//! up to 45 bytes lives inside the pool, so this reads no further memory) or of the host's route list, so the host
+//! is stored once. A host with context paths keeps its paths in one buffer, grouped by depth and sorted within a
+//! group, so the longest match is a binary search per route depth present, deepest first; request segments are
+//! compared in place, case-insensitively, with no allocation.
 
 use crate::pool::Pool;
 use crate::route_key::{RequestHost, RouteKey};
@@ -85,10 +86,11 @@ impl Slot {
         }
     }
 
-    fn host(&self) -> &str {
+    /// The host's bytes (compared without a UTF-8 check: this runs on every probe that matches a tag).
+    fn host(&self) -> &[u8] {
         match self {
-            Self::Empty => "",
-            Self::Root { pool, .. } => pool.key().host(),
+            Self::Empty => &[],
+            Self::Root { pool, .. } => pool.key().host_bytes(),
             Self::Paths { routes, .. } => routes.host(),
         }
     }
@@ -154,8 +156,8 @@ impl HostRoutes {
         Self { text: text.into_boxed_str(), host_len: host.len(), routes }
     }
 
-    fn host(&self) -> &str {
-        self.text.get(..self.host_len).unwrap_or_default()
+    fn host(&self) -> &[u8] {
+        self.text.as_bytes().get(..self.host_len).unwrap_or_default()
     }
 
     fn path(&self, index: usize) -> &str {
@@ -424,7 +426,7 @@ impl RouteTable {
     /// The slot holding `host`.
     fn host(&self, host: &str) -> Option<(Hash, usize, &Slot)> {
         let hash = Hash::of(&self.hasher, host);
-        let (index, slot) = self.leaf(hash)?.find(hash.tag, |slot| slot.host() == host)?;
+        let (index, slot) = self.leaf(hash)?.find(hash.tag, |slot| slot.host() == host.as_bytes())?;
         Some((hash, index, slot))
     }
 
@@ -541,6 +543,11 @@ mod tests {
         assert_eq!(route(&t, "deep.x.y.example.com", "/").as_deref(), Some("*.example.com"));
         assert_eq!(route(&t, "other.com", "/").as_deref(), Some("*.com"));
         assert_eq!(route(&t, "example.org", "/"), None);
+        // A long walk: twelve labels below the most specific wildcard that matches.
+        let t3 = table(&["*.com", "*.k.l.com/p"]);
+        let deep = "a.b.c.d.e.f.g.h.i.j.k.l.com";
+        assert_eq!(route(&t3, deep, "/p").as_deref(), Some("*.k.l.com/p"));
+        assert_eq!(route(&t3, deep, "/q").as_deref(), Some("*.com"));
         // The wildcard does not match its own apex.
         let t2 = table(&["*.example.com"]);
         assert_eq!(route(&t2, "example.com", "/"), None);
@@ -614,7 +621,7 @@ mod tests {
                         assert!(travelled <= distance(theirs, (index + len - 1) % len, len) + 1, "Robin Hood order");
                     }
                     let found = leaf.find(tag, |other| other.host() == slot.host()).map(|(at, _)| at);
-                    assert_eq!(found, Some(index), "entry {} findable", slot.host());
+                    assert_eq!(found, Some(index), "entry {:?} findable", String::from_utf8_lossy(slot.host()));
                 }
                 hosts += occupied;
             }
