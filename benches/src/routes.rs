@@ -21,8 +21,8 @@ pub const LOOKUPS_PER_ITERATION: usize = 4096;
 pub enum Shape {
     /// `app-0000042.apps.bench.test`: one hash probe, no path walk.
     Exact,
-    /// `svc-0000010.bench.test/api/v2/tenant-2/orders`: one probe and a walk four segments down a trie whose
-    /// host has four sibling routes; requests go two segments deeper than the route.
+    /// `svc-0000010.bench.test/api/v2/tenant-2/orders`: one probe and a longest-prefix search among the host's
+    /// four sibling routes; requests go two segments deeper than the route.
     DeepPath,
     /// `*.tenant-0000042.bench.test`: requests to `web.eu.tenant-0000042.bench.test` miss the exact host and the
     /// most specific wildcard before they hit, so three probes.

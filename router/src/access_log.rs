@@ -224,9 +224,9 @@ pub fn format_line(out: &mut Vec<u8>, entry: &Entry, totals: &Totals) {
     out.extend_from_slice(b" gorouter_time:");
     push_seconds(out, totals.router_time);
     out.extend_from_slice(b" app_id:");
-    push_quoted(out, entry.backend.as_ref().and_then(|e| e.app_id()).map(HeaderValue::as_bytes));
+    push_quoted(out, entry.backend.as_ref().map(|e| e.app_id().as_bytes()));
     out.extend_from_slice(b" app_index:");
-    push_quoted(out, entry.backend.as_ref().and_then(|e| e.instance_index()).map(HeaderValue::as_bytes));
+    push_quoted(out, entry.backend.as_ref().map(|e| e.instance_index().as_bytes()));
     out.extend_from_slice(b" instance_id:");
     push_quoted(out, entry.backend.as_ref().map(|e| e.instance_id().as_bytes()));
     out.extend_from_slice(b" x_cf_routererror:");

@@ -1,14 +1,24 @@
 //! An app instance the router can send requests to.
 //!
-//! Everything the proxy adds to a forwarded request on behalf of an endpoint (`X-CF-ApplicationID`,
-//! `X-CF-InstanceIndex`, `X-CF-InstanceID`) is built once, when the registration arrives, so the hot path only
-//! clones ready-made header values. The few mutable fields are atomics shared by all worker threads: requests in
-//! flight (least-connection, `max_conns`), the time of the last failure (retries skip recent failures), and the
-//! time of the last registration (pruning, written only by the registry).
+//! A router holds one endpoint per registered backend, and at a million routes their size is most of the route
+//! table's memory, so an endpoint keeps only what the request path reads on every request inline: where to dial,
+//! one text buffer (identity, instance id, app GUID, index), the counters, the TTL. Attributes that most
+//! registrations leave empty (SAN, route service, zone, tags) sit out of line and are absent when empty.
+//!
+//! The header values the proxy adds for an endpoint (`X-CF-ApplicationID`, `X-CF-InstanceIndex`,
+//! `X-CF-InstanceID`) are built on the endpoint's first request, not at registration, because most endpoints of
+//! a large table serve nothing at any given moment. The build is a lock-free race ([`OnceBox`]): concurrent first
+//! requests may each build the values, one compare-and-swap publishes a winner and the others drop theirs; after
+//! that every request reads them with one acquire load and clones them without allocating. The values are checked
+//! when the registration arrives, so the build cannot fail.
+//!
+//! The few mutable fields are atomics shared by all worker threads: requests in flight (least-connection,
+//! `max_conns`), the time of the last failure (retries skip recent failures), and the time of the last
+//! registration (pruning, written only by the registry).
 
 use http::HeaderValue;
+use once_cell::race::OnceBox;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -68,33 +78,83 @@ impl UpstreamKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointDetails {
     /// SAN the backend certificate must carry (TLS endpoints).
-    pub server_cert_domain_san: Box<str>,
+    pub server_cert_domain_san: String,
     /// Route service in front of the app, if any.
-    pub route_service_url: Box<str>,
+    pub route_service_url: String,
     /// Isolation segment.
-    pub isolation_segment: Box<str>,
+    pub isolation_segment: String,
     /// Availability zone.
-    pub availability_zone: Box<str>,
+    pub availability_zone: String,
     /// Tags from the registration.
     pub tags: BTreeMap<String, String>,
+}
+
+/// What an endpoint without details reports.
+static NO_DETAILS: EndpointDetails = EndpointDetails {
+    server_cert_domain_san: String::new(),
+    route_service_url: String::new(),
+    isolation_segment: String::new(),
+    availability_zone: String::new(),
+    tags: BTreeMap::new(),
+};
+
+impl EndpointDetails {
+    /// The details a registration carries, `None` when it carries none.
+    fn of(registration: &Registration) -> Option<Box<Self>> {
+        let details = Self {
+            server_cert_domain_san: registration.server_cert_domain_san.clone(),
+            route_service_url: registration.route_service_url.clone(),
+            isolation_segment: registration.isolation_segment.clone(),
+            availability_zone: registration.availability_zone.clone(),
+            tags: registration.tags.clone(),
+        };
+        (details != NO_DETAILS).then(|| Box::new(details))
+    }
+
+    /// Whether these are the details `registration` carries.
+    fn describe(&self, registration: &Registration) -> bool {
+        self.server_cert_domain_san == registration.server_cert_domain_san
+            && self.route_service_url == registration.route_service_url
+            && self.isolation_segment == registration.isolation_segment
+            && self.availability_zone == registration.availability_zone
+            && self.tags == registration.tags
+    }
+}
+
+/// The headers that name an endpoint's instance to its backend, built on the endpoint's first request.
+#[derive(Debug)]
+pub struct InstanceHeaders {
+    /// `X-CF-ApplicationID`, when the registration names an app.
+    pub app_id: Option<HeaderValue>,
+    /// `X-CF-InstanceIndex`, when the registration names an index.
+    pub instance_index: Option<HeaderValue>,
+    /// `X-CF-InstanceID`: the private instance id, or `host:port`. Always present: the registration was checked.
+    pub instance_id: Option<HeaderValue>,
+}
+
+/// A header value for `text`, `None` when it is empty (or, which the registration check rules out, not a value).
+fn header_value(text: &str) -> Option<HeaderValue> {
+    if text.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(text).ok()
 }
 
 /// One registered backend in one pool.
 #[derive(Debug)]
 pub struct Endpoint {
-    identity: Box<str>,
     upstream: UpstreamKey,
-    protocol: BackendProtocol,
-    private_instance_id: Box<str>,
-    app_id: Option<HeaderValue>,
-    instance_id: HeaderValue,
-    instance_index: Option<HeaderValue>,
-    ttl: Duration,
-    fingerprint: u64,
-    details: Box<EndpointDetails>,
-    last_seen_ms: AtomicU64,
+    /// The identity (`host:port`), the private instance id, the app GUID and the instance index, one after another.
+    text: Box<str>,
+    /// Where the identity, the instance id and the app GUID end in `text`.
+    ends: [u16; 3],
+    /// The stale threshold in milliseconds (a TTL beyond 49 days is held as 49 days).
+    ttl_ms: u32,
     in_flight: AtomicU32,
+    last_seen_ms: AtomicU64,
     failed_at_ms: AtomicU64,
+    headers: OnceBox<InstanceHeaders>,
+    details: Option<Box<EndpointDetails>>,
 }
 
 /// The identity of an endpoint within a pool: `host:port`, or `host:tls_port` for TLS.
@@ -102,75 +162,134 @@ pub fn identity_of(registration: &Registration) -> String {
     format!("{}:{}", registration.host, registration.effective_port())
 }
 
-/// A digest of every registration field that shapes the endpoint, so a re-registration that changes nothing is
-/// recognised without comparing field by field. Uris and timestamps are left out: they do not change the endpoint.
-pub fn fingerprint_of(registration: &Registration) -> u64 {
-    let mut hasher = foldhash::fast::FixedState::with_seed(0x454e_4450_4f49_4e54).build_hasher();
-    let r = registration;
-    (&r.host, r.port, r.tls_port, &r.app, &r.private_instance_id, &r.private_instance_index).hash(&mut hasher);
-    (&r.server_cert_domain_san, &r.route_service_url, &r.isolation_segment, &r.availability_zone).hash(&mut hasher);
-    (&r.protocol, r.stale_threshold_in_seconds, &r.tags).hash(&mut hasher);
-    hasher.finish()
+/// Why a registration could not become an endpoint: content that passed the message checks but that the endpoint
+/// cannot carry. Retrying the same message fails the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The field cannot be sent as a header value.
+    #[error("field `{0}` cannot be sent as a header value")]
+    NotAHeaderValue(&'static str),
+    /// The field ends past the 64 KiB an endpoint's text may hold.
+    #[error("field `{0}` is too long to hold")]
+    TooLong(&'static str),
 }
 
-/// Why a registration could not become an endpoint (content that passed message checks but cannot be a header).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field `{0}` cannot be sent as a header value")]
-pub struct EndpointError(pub &'static str);
+/// The name a TLS backend's certificate must carry: the registration's SAN, or with none given, the address.
+fn tls_name_of(registration: &Registration) -> Option<&str> {
+    let san = registration.server_cert_domain_san.as_str();
+    registration.is_tls().then_some(if san.is_empty() { registration.host.as_str() } else { san })
+}
 
-fn header_value(field: &'static str, text: &str) -> Result<Option<HeaderValue>, EndpointError> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    HeaderValue::from_str(text).map(Some).map_err(|_| EndpointError(field))
+/// The TTL an endpoint of `registration` gets: the registration may only shorten the router's `max_ttl`.
+fn ttl_ms_of(registration: &Registration, max_ttl: Duration) -> u32 {
+    let requested = u64::try_from(registration.stale_threshold_in_seconds).unwrap_or(0);
+    let ttl = if requested > 0 { max_ttl.min(Duration::from_secs(requested)) } else { max_ttl };
+    u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX)
 }
 
 impl Endpoint {
     /// Builds an endpoint from a checked registration. `max_ttl` is the router's global stale threshold; the
     /// registration may only shorten it.
     pub fn from_registration(registration: &Registration, max_ttl: Duration, now_ms: u64) -> Result<Self, EndpointError> {
-        let identity = identity_of(registration);
         let protocol = registration.backend_protocol().unwrap_or(BackendProtocol::Http1);
-        // A TLS backend proves the registration's SAN; with none given, its certificate must name the address.
-        let tls_name = registration.is_tls().then(|| {
-            let san = &registration.server_cert_domain_san;
-            Arc::from(if san.is_empty() { registration.host.as_str() } else { san.as_str() })
-        });
         let upstream = UpstreamKey {
             target: DialTarget::new(&registration.host, registration.effective_port()),
-            tls_name,
+            tls_name: tls_name_of(registration).map(Arc::from),
             http2: protocol == BackendProtocol::Http2,
         };
-        let requested = u64::try_from(registration.stale_threshold_in_seconds).unwrap_or(0);
-        let ttl = if requested > 0 { max_ttl.min(Duration::from_secs(requested)) } else { max_ttl };
-        let instance_text = if registration.private_instance_id.is_empty() { &identity } else { &registration.private_instance_id };
-        let instance_id = HeaderValue::from_str(instance_text).map_err(|_| EndpointError("private_instance_id"))?;
+        let identity = identity_of(registration);
+        let parts = [
+            ("host", identity.as_str()),
+            ("private_instance_id", registration.private_instance_id.as_str()),
+            ("app", registration.app.as_str()),
+            ("private_instance_index", registration.private_instance_index.as_str()),
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|(_, part)| part.len()).sum());
+        let mut ends = [0u16; 3];
+        for (index, (field, part)) in parts.into_iter().enumerate() {
+            if !part.is_empty() && HeaderValue::from_str(part).is_err() {
+                return Err(EndpointError::NotAHeaderValue(field));
+            }
+            text.push_str(part);
+            let end = u16::try_from(text.len()).map_err(|_| EndpointError::TooLong(field))?;
+            if let Some(slot) = ends.get_mut(index) {
+                *slot = end;
+            }
+        }
         Ok(Self {
             upstream,
-            protocol,
-            private_instance_id: registration.private_instance_id.clone().into_boxed_str(),
-            app_id: header_value("app", &registration.app)?,
-            instance_id,
-            instance_index: header_value("private_instance_index", &registration.private_instance_index)?,
-            ttl,
-            fingerprint: fingerprint_of(registration),
-            details: Box::new(EndpointDetails {
-                server_cert_domain_san: registration.server_cert_domain_san.clone().into_boxed_str(),
-                route_service_url: registration.route_service_url.clone().into_boxed_str(),
-                isolation_segment: registration.isolation_segment.clone().into_boxed_str(),
-                availability_zone: registration.availability_zone.clone().into_boxed_str(),
-                tags: registration.tags.clone(),
-            }),
-            identity: identity.into_boxed_str(),
-            last_seen_ms: AtomicU64::new(now_ms),
+            text: text.into_boxed_str(),
+            ends,
+            ttl_ms: ttl_ms_of(registration, max_ttl),
             in_flight: AtomicU32::new(0),
+            last_seen_ms: AtomicU64::new(now_ms),
             failed_at_ms: AtomicU64::new(0),
+            headers: OnceBox::new(),
+            details: EndpointDetails::of(registration),
         })
+    }
+
+    /// Whether this endpoint is what `registration` (under the router's `max_ttl`) would build, so a
+    /// re-registration that changes nothing is recognised. Uris and timestamps are left out: they do not change
+    /// the endpoint.
+    pub fn describes(&self, registration: &Registration, max_ttl: Duration) -> bool {
+        let r = registration;
+        let identity = self.identity();
+        let same_address = identity.strip_prefix(r.host.as_str()).and_then(|rest| rest.strip_prefix(':')).is_some_and(|port| port.parse() == Ok(r.effective_port()));
+        same_address
+            && self.upstream.tls_name.as_deref() == tls_name_of(r)
+            && self.protocol() == r.backend_protocol().unwrap_or(BackendProtocol::Http1)
+            && self.private_instance_id() == r.private_instance_id
+            && self.app_id() == r.app
+            && self.instance_index() == r.private_instance_index
+            && self.ttl_ms == ttl_ms_of(r, max_ttl)
+            && self.details().describe(r)
+    }
+
+    /// The `index`th piece of `text` (identity, instance id, app GUID, index).
+    fn part(&self, index: usize) -> &str {
+        let start = index.checked_sub(1).and_then(|previous| self.ends.get(previous)).map_or(0, |&end| usize::from(end));
+        let end = self.ends.get(index).map_or(self.text.len(), |&end| usize::from(end));
+        self.text.get(start..end).unwrap_or_default()
     }
 
     /// `host:port` as registered.
     pub fn identity(&self) -> &str {
-        &self.identity
+        self.part(0)
+    }
+
+    /// The registration's private instance id (may be empty).
+    pub fn private_instance_id(&self) -> &str {
+        self.part(1)
+    }
+
+    /// The app GUID (may be empty).
+    pub fn app_id(&self) -> &str {
+        self.part(2)
+    }
+
+    /// The instance index (may be empty).
+    pub fn instance_index(&self) -> &str {
+        self.part(3)
+    }
+
+    /// The `X-CF-InstanceID` value: the private id, or `host:port`.
+    pub fn instance_id(&self) -> &str {
+        match self.private_instance_id() {
+            "" => self.identity(),
+            private => private,
+        }
+    }
+
+    /// The header values naming this instance, built on first use (see the module docs).
+    pub fn headers(&self) -> &InstanceHeaders {
+        self.headers.get_or_init(|| {
+            Box::new(InstanceHeaders {
+                app_id: header_value(self.app_id()),
+                instance_index: header_value(self.instance_index()),
+                instance_id: header_value(self.instance_id()),
+            })
+        })
     }
 
     /// Where to dial, how to secure it and in which protocol.
@@ -190,42 +309,17 @@ impl Endpoint {
 
     /// Backend protocol.
     pub fn protocol(&self) -> BackendProtocol {
-        self.protocol
-    }
-
-    /// The registration's private instance id (may be empty).
-    pub fn private_instance_id(&self) -> &str {
-        &self.private_instance_id
-    }
-
-    /// `X-CF-ApplicationID` value.
-    pub fn app_id(&self) -> Option<&HeaderValue> {
-        self.app_id.as_ref()
-    }
-
-    /// `X-CF-InstanceID` value: the private id, or `host:port`.
-    pub fn instance_id(&self) -> &HeaderValue {
-        &self.instance_id
-    }
-
-    /// `X-CF-InstanceIndex` value.
-    pub fn instance_index(&self) -> Option<&HeaderValue> {
-        self.instance_index.as_ref()
+        if self.upstream.http2 { BackendProtocol::Http2 } else { BackendProtocol::Http1 }
     }
 
     /// The endpoint's stale threshold.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        Duration::from_millis(u64::from(self.ttl_ms))
     }
 
-    /// Digest of the registration that built it.
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
-
-    /// Less frequently used attributes.
+    /// Less frequently used attributes (empty ones when the registration carried none).
     pub fn details(&self) -> &EndpointDetails {
-        &self.details
+        self.details.as_deref().unwrap_or(&NO_DETAILS)
     }
 
     /// Records a registration seen at `now_ms`.
@@ -239,8 +333,7 @@ impl Endpoint {
         if self.is_tls() {
             return false;
         }
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)) > ttl_ms
+        now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)) > u64::from(self.ttl_ms)
     }
 
     /// Requests in flight to this endpoint.
@@ -309,9 +402,27 @@ mod tests {
         let e = Endpoint::from_registration(&r, Duration::from_secs(120), 1).unwrap();
         assert_eq!(e.identity(), "10.0.0.1:8080");
         assert_eq!(e.instance_id(), "10.0.0.1:8080");
-        assert_eq!(e.app_id().unwrap(), "guid");
-        assert_eq!(e.instance_index().unwrap(), "2");
+        assert_eq!(e.app_id(), "guid");
+        assert_eq!(e.instance_index(), "2");
         assert_eq!(e.target(), &DialTarget::Addr("10.0.0.1:8080".parse().unwrap()));
+        let headers = e.headers();
+        assert_eq!(headers.instance_id.as_ref().unwrap(), "10.0.0.1:8080");
+        assert_eq!(headers.app_id.as_ref().unwrap(), "guid");
+        assert_eq!(headers.instance_index.as_ref().unwrap(), "2");
+        assert!(std::ptr::eq(headers, e.headers()), "built once");
+        assert!(e.details().tags.is_empty() && e.details.is_none(), "no details, no allocation");
+        let private = registration(r#"{"host":"10.0.0.1","port":8080,"uris":["a"],"private_instance_id":"inst-1"}"#);
+        let e = Endpoint::from_registration(&private, Duration::from_secs(120), 1).unwrap();
+        assert_eq!((e.identity(), e.private_instance_id(), e.instance_id(), e.app_id()), ("10.0.0.1:8080", "inst-1", "inst-1", ""));
+        assert!(e.headers().app_id.is_none());
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_a_header_or_held() {
+        let r = registration(r#"{"host":"h","port":1,"uris":["a"],"app":"caf\u00e9\u007f"}"#);
+        assert_eq!(Endpoint::from_registration(&r, Duration::from_secs(1), 1).unwrap_err(), EndpointError::NotAHeaderValue("app"));
+        let r = Registration { private_instance_index: "1".repeat(70_000), ..registration(r#"{"host":"h","port":1,"uris":["a"]}"#) };
+        assert_eq!(Endpoint::from_registration(&r, Duration::from_secs(1), 1).unwrap_err(), EndpointError::TooLong("private_instance_index"));
     }
 
     #[test]
@@ -351,12 +462,36 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_ignores_uris_only() {
-        let a = registration(r#"{"host":"h","port":1,"uris":["a"],"app":"x"}"#);
-        let b = registration(r#"{"host":"h","port":1,"uris":["b","c"],"app":"x"}"#);
-        let c = registration(r#"{"host":"h","port":1,"uris":["a"],"app":"y"}"#);
-        assert_eq!(fingerprint_of(&a), fingerprint_of(&b));
-        assert_ne!(fingerprint_of(&a), fingerprint_of(&c));
+    fn describes_ignores_uris_and_timestamps_only() {
+        let max = Duration::from_secs(120);
+        let base = registration(
+            r#"{"host":"h","port":1,"tls_port":2,"uris":["a"],"app":"x","private_instance_id":"i","private_instance_index":"3","server_cert_domain_san":"san","protocol":"http2","stale_threshold_in_seconds":30,"tags":{"component":"c"}}"#,
+        );
+        let e = Endpoint::from_registration(&base, max, 1).unwrap();
+        assert!(e.describes(&Registration { uris: vec!["b".into(), "c".into()], endpoint_updated_at_ns: 5, ..base.clone() }, max));
+        let changes: [fn(&mut Registration); 12] = [
+            |r| r.host = "g".into(),
+            |r| r.tls_port = 3,
+            |r| r.tls_port = 0,
+            |r| r.app = "y".into(),
+            |r| r.private_instance_id = "j".into(),
+            |r| r.private_instance_index = "4".into(),
+            |r| r.server_cert_domain_san = "other".into(),
+            |r| r.protocol = "http1".into(),
+            |r| r.stale_threshold_in_seconds = 31,
+            |r| r.tags.clear(),
+            |r| r.availability_zone = "z1".into(),
+            |r| r.route_service_url = "https://rs".into(),
+        ];
+        for (index, change) in changes.iter().enumerate() {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert!(!e.describes(&changed, max), "change {index} is a change");
+        }
+        // The ttl compared is the one the router grants: both ask for more than the router allows.
+        let long = |s: i64| Registration { stale_threshold_in_seconds: s, ..base.clone() };
+        let e = Endpoint::from_registration(&long(500), max, 1).unwrap();
+        assert!(e.describes(&long(600), max));
     }
 
     #[test]

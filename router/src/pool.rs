@@ -3,6 +3,9 @@
 //! A pool is immutable once published: a registration that adds or removes an endpoint builds a new pool and
 //! swaps it into the table, so readers never see a half-updated list and never take a lock. The only shared
 //! mutable state is atomics: the round-robin cursor here, and the per-endpoint counters in [`Endpoint`].
+//!
+//! There is one pool per route, so what most routes do not use (a consistent-hash table, a route-service binding)
+//! sits out of line, absent when unused.
 
 use crate::endpoint::Endpoint;
 use crate::maglev;
@@ -10,7 +13,7 @@ use crate::route_key::RouteKey;
 use crate::route_service::Binding;
 use http::HeaderName;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use switchyard_config::messages::LbAlgorithm;
 
 /// Consistent hashing on a request header.
@@ -32,10 +35,16 @@ impl HashPolicy {
 pub struct Pool {
     key: RouteKey,
     endpoints: Box<[Arc<Endpoint>]>,
-    algorithm: LbAlgorithm,
-    hash: Option<Box<HashPolicy>>,
-    cursor: AtomicUsize,
     changed_ms: u64,
+    extras: Option<Box<Extras>>,
+    cursor: AtomicU32,
+    algorithm: LbAlgorithm,
+}
+
+/// What few routes use.
+#[derive(Debug)]
+struct Extras {
+    hash: Option<HashPolicy>,
     route_service: Option<Arc<Binding>>,
 }
 
@@ -100,25 +109,27 @@ impl Pool {
         let hash = match (algorithm, hash_header) {
             (LbAlgorithm::Hash, Some(header)) => {
                 let names: Vec<&str> = endpoints.iter().map(|e| e.identity()).collect();
-                Some(Box::new(HashPolicy { header, table: maglev::build(&names) }))
+                Some(HashPolicy { header, table: maglev::build(&names) })
             }
             _ => None,
         };
-        let cursor = if endpoints.is_empty() { 0 } else { cursor_seed % endpoints.len() };
+        // The turn is kept modulo the pool size, so 32 bits hold it.
+        let cursor = if endpoints.is_empty() { 0 } else { u32::try_from(cursor_seed % endpoints.len()).unwrap_or(0) };
         // The route is bound when any member says so (the most recent registration's URL wins), so a route caught
         // half-way through a rebind is never served around its route service.
         let route_service = endpoints
             .iter()
             .rev()
-            .map(|e| e.details().route_service_url.as_ref())
+            .map(|e| e.details().route_service_url.as_str())
             .find(|url| !url.is_empty())
             .map(|url| Arc::new(Binding::parse(url)));
-        Self { key, endpoints: endpoints.into_boxed_slice(), algorithm, hash, cursor: AtomicUsize::new(cursor), changed_ms, route_service }
+        let extras = (hash.is_some() || route_service.is_some()).then(|| Box::new(Extras { hash, route_service }));
+        Self { key, endpoints: endpoints.into_boxed_slice(), changed_ms, extras, cursor: AtomicU32::new(cursor), algorithm }
     }
 
     /// The route service the route is bound to, if any.
     pub fn route_service(&self) -> Option<&Arc<Binding>> {
-        self.route_service.as_ref()
+        self.extras.as_ref()?.route_service.as_ref()
     }
 
     /// The route this pool serves.
@@ -148,7 +159,7 @@ impl Pool {
 
     /// The hash policy, for `hash` pools that name a header.
     pub fn hash_policy(&self) -> Option<&HashPolicy> {
-        self.hash.as_deref()
+        self.extras.as_ref()?.hash.as_ref()
     }
 
     /// When the pool's membership last changed.
@@ -158,7 +169,7 @@ impl Pool {
 
     /// The round-robin position, carried into a rebuilt pool so turns continue where they were.
     pub fn cursor(&self) -> usize {
-        self.cursor.load(Ordering::Relaxed)
+        self.cursor.load(Ordering::Relaxed) as usize
     }
 
     /// Index of the endpoint with this private instance id (sticky sessions).
@@ -171,9 +182,10 @@ impl Pool {
 
     /// Index of the endpoint with this app GUID and instance index (`X-CF-APP-INSTANCE`).
     pub fn find_app_instance(&self, app_id: &[u8], index: &[u8]) -> Option<usize> {
-        self.endpoints.iter().position(|e| {
-            e.app_id().is_some_and(|a| a.as_bytes() == app_id) && e.instance_index().is_some_and(|i| i.as_bytes() == index)
-        })
+        if app_id.is_empty() || index.is_empty() {
+            return None;
+        }
+        self.endpoints.iter().position(|e| e.app_id().as_bytes() == app_id && e.instance_index().as_bytes() == index)
     }
 
     /// Chooses an endpoint not yet `tried`, by the pool's algorithm. `hash_key` is the value of the hash header,
@@ -182,7 +194,7 @@ impl Pool {
         if self.endpoints.is_empty() {
             return Choice::Empty;
         }
-        if let (Some(policy), Some(key)) = (&self.hash, hash_key)
+        if let (Some(policy), Some(key)) = (self.hash_policy(), hash_key)
             && let Some(index) = self.choose_hashed(policy, key, tried, limits) {
                 return Choice::Endpoint(index);
             }
@@ -192,11 +204,16 @@ impl Pool {
         }
     }
 
+    /// Where the next turn starts among `len` endpoints.
+    fn next_turn(&self, len: usize) -> usize {
+        self.cursor.fetch_add(1, Ordering::Relaxed) as usize % len
+    }
+
     /// Walks the candidates in round-robin order from the next turn: the first healthy one wins; failing that,
     /// the first recently failed one; failing that, the reason none is usable.
     fn choose_round_robin(&self, tried: Attempted, limits: &Limits) -> Choice {
         let len = self.endpoints.len();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
+        let start = self.next_turn(len);
         let mut fallback = None;
         let mut untried = 0;
         for step in 0..len {
@@ -221,7 +238,7 @@ impl Pool {
     /// first from a rotating start, so equal endpoints share the load.
     fn choose_least_connection(&self, tried: Attempted, limits: &Limits) -> Choice {
         let len = self.endpoints.len();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
+        let start = self.next_turn(len);
         let mut best: Option<(bool, u32, usize)> = None;
         let mut untried = 0;
         for step in 0..len {

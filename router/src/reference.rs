@@ -1,6 +1,6 @@
 //! The routing rules written the slow, obvious way, for tests to hold the real table and route keys to.
 //!
-//! The table is built for speed (a persistent hash map of tries, request hosts rewritten in a stack buffer), which
+//! The table is built for speed (copy-on-write hashed leaves, paths grouped by depth and binary-searched, request hosts rewritten in a stack buffer), which
 //! makes its edge cases hard to see by reading. These functions state the same rules with plain strings and
 //! linear scans: the property test in [`crate::table`] and the `route_lookup` fuzz target compare the real lookup
 //! with them. They are compiled only for tests and for the `fuzzing` feature; nothing in the router calls them.

@@ -8,7 +8,7 @@
 //! A refresh of an unchanged endpoint is the common case (every emitter re-registers every ~20s), so it costs
 //! only an atomic store and produces no new table version.
 
-use crate::endpoint::{Endpoint, EndpointError, fingerprint_of, identity_of};
+use crate::endpoint::{Endpoint, EndpointError, identity_of};
 use crate::pool::Pool;
 use crate::route_key::RouteKey;
 use crate::table::RouteTable;
@@ -126,20 +126,21 @@ impl Registry {
         let mut outcome = Outcome::default();
         let balancing = self.balancing_of(registration, &mut outcome);
         let identity = identity_of(registration);
-        let fingerprint = fingerprint_of(registration);
+        let max_ttl = self.config.stale_threshold;
+        let unchanged = |endpoint: &Endpoint| endpoint.describes(registration, max_ttl);
         let keys = Self::keys_of(registration, &mut outcome);
         // Reuse an identical endpoint already serving one of the uris, so one backend is one object (one
         // in-flight count) however many routes it serves.
         let mut endpoint: Option<Arc<Endpoint>> = keys.iter().find_map(|key| {
             let pool = self.table.get(key)?;
-            pool.endpoints().iter().find(|e| e.identity() == identity && e.fingerprint() == fingerprint).cloned()
+            pool.endpoints().iter().find(|e| e.identity() == identity && unchanged(e)).cloned()
         });
         for key in keys {
             let existing_pool = self.table.get(&key).cloned();
             let position = existing_pool.as_ref().and_then(|pool| pool.endpoints().iter().position(|e| e.identity() == identity));
             if let (Some(pool), Some(index)) = (&existing_pool, position) {
                 let Some(current) = pool.endpoint(index) else { continue };
-                if current.fingerprint() == fingerprint && Balancing::of(pool) == balancing {
+                if unchanged(current) && Balancing::of(pool) == balancing {
                     current.refresh(now_ms);
                     outcome.endpoints_refreshed += 1;
                     continue;
@@ -157,7 +158,7 @@ impl Registry {
             let mut members: Vec<Arc<Endpoint>> = existing_pool.as_ref().map(|p| p.endpoints().to_vec()).unwrap_or_default();
             match position.and_then(|index| members.get_mut(index)) {
                 Some(slot) => {
-                    if slot.fingerprint() == fingerprint {
+                    if unchanged(slot) {
                         outcome.routes_updated += 1;
                     } else {
                         fresh.inherit_state(slot);
@@ -374,7 +375,7 @@ mod tests {
         assert_eq!(outcome.endpoints_updated, 1);
         let pool = r.table().get(&RouteKey::parse("a.com").unwrap()).unwrap().clone();
         assert_eq!(pool.endpoints().len(), 1);
-        assert_eq!(pool.endpoints()[0].app_id().unwrap(), "new");
+        assert_eq!(pool.endpoints()[0].app_id(), "new");
     }
 
     #[test]

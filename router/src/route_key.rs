@@ -8,12 +8,27 @@ use std::fmt;
 
 /// Longest host name that can be routed. DNS names are at most 253 bytes; the rest is room for a wildcard.
 pub const MAX_HOST_LEN: usize = 255;
+// A key records where its host ends in one byte.
+const _: () = assert!(MAX_HOST_LEN <= u8::MAX as usize);
 
-/// A registered route: lower-case host and the context path (`""` or `/seg/seg`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Keys up to this long (host and path together) live inside the key, so a pool's key is read with the pool, with
+/// no other memory to fetch: that is one cache miss less for every route lookup that hits. Longer keys take one
+/// allocation. 45 bytes covers typical platform hostnames and keeps a key at 48 bytes.
+const INLINE_LEN: usize = 45;
+
+/// A registered route: lower-case host and the context path (`""` or `/seg/seg`), held in one buffer (inline when
+/// short), so the host is never stored twice. Keys compare, order and hash as their text (`host` then `path`); the
+/// host cannot contain `/`, so the text alone determines where it ends.
+#[derive(Clone)]
 pub struct RouteKey {
-    host: Box<str>,
-    path: Box<str>,
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    /// `bytes[..len]` is the text; it is always valid UTF-8 (copied from a `str`).
+    Inline { host_len: u8, len: u8, bytes: [u8; INLINE_LEN] },
+    Heap { host_len: u8, text: Box<str> },
 }
 
 impl RouteKey {
@@ -24,36 +39,104 @@ impl RouteKey {
             Some(slash) => without_query.split_at(slash),
             None => (without_query, ""),
         };
-        if host.is_empty() || host.len() > MAX_HOST_LEN {
-            return None;
+        let host_len = u8::try_from(host.len()).ok().filter(|&len| len > 0)?;
+        let mut text = String::with_capacity(without_query.len());
+        text.push_str(host);
+        for segment in path_segments(path) {
+            text.push('/');
+            text.push_str(segment);
         }
-        let mut normalised_path = String::with_capacity(path.len());
-        for segment in path.split('/').filter(|s| !s.is_empty()) {
-            normalised_path.push('/');
-            normalised_path.push_str(&segment.to_ascii_lowercase());
+        text.make_ascii_lowercase();
+        let mut bytes = [0u8; INLINE_LEN];
+        let repr = match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
+            (Some(inline), Ok(len)) => {
+                inline.copy_from_slice(text.as_bytes());
+                Repr::Inline { host_len, len, bytes }
+            }
+            _ => Repr::Heap { host_len, text: text.into_boxed_str() },
+        };
+        Some(Self { repr })
+    }
+
+    /// The whole key as bytes: `host` then `path`.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.repr {
+            Repr::Inline { len, bytes, .. } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Heap { text, .. } => text.as_bytes(),
         }
-        Some(Self { host: host.to_ascii_lowercase().into_boxed_str(), path: normalised_path.into_boxed_str() })
+    }
+
+    /// The whole key: `host` then `path`.
+    pub fn as_str(&self) -> &str {
+        match &self.repr {
+            // Copied from a `str`, so this never fails.
+            Repr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            Repr::Heap { text, .. } => text,
+        }
+    }
+
+    fn host_len(&self) -> usize {
+        match &self.repr {
+            Repr::Inline { host_len, .. } | Repr::Heap { host_len, .. } => usize::from(*host_len),
+        }
+    }
+
+    /// The host's bytes, for comparisons on the lookup path (no UTF-8 check).
+    pub(crate) fn host_bytes(&self) -> &[u8] {
+        self.as_bytes().get(..self.host_len()).unwrap_or_default()
     }
 
     /// Lower-case host, possibly a wildcard (`*.example.com`).
     pub fn host(&self) -> &str {
-        &self.host
+        self.as_str().get(..self.host_len()).unwrap_or_default()
     }
 
     /// Context path: empty, or `/` followed by segments.
     pub fn path(&self) -> &str {
-        &self.path
+        self.as_str().get(self.host_len()..).unwrap_or_default()
     }
 
     /// The path's segments, in order.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
-        path_segments(&self.path)
+        path_segments(self.path())
+    }
+}
+
+impl PartialEq for RouteKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RouteKey {}
+
+impl PartialOrd for RouteKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RouteKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for RouteKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl fmt::Debug for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteKey").field("host", &self.host()).field("path", &self.path()).finish()
     }
 }
 
 impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.host, self.path)
+        f.write_str(self.as_str())
     }
 }
 
@@ -156,6 +239,29 @@ mod tests {
         assert_eq!(key("*.example.com"), "*.example.com");
         assert!(RouteKey::parse("/foo").is_none());
         assert!(RouteKey::parse("").is_none());
+    }
+
+    #[test]
+    fn short_and_long_keys_behave_alike() {
+        assert_eq!(std::mem::size_of::<RouteKey>(), 48);
+        for host_len in [1, 10, INLINE_LEN - 2, INLINE_LEN - 1, INLINE_LEN, INLINE_LEN + 1, 200] {
+            let host = format!("{}.C", "A".repeat(host_len.saturating_sub(2).max(1)));
+            for path in ["", "/X", "/x/Y/z"] {
+                let uri = format!("{host}{path}");
+                let key = RouteKey::parse(&uri).unwrap();
+                assert_eq!(key.host(), host.to_ascii_lowercase());
+                assert_eq!(key.host_bytes(), host.to_ascii_lowercase().as_bytes());
+                assert_eq!(key.path(), path.to_ascii_lowercase());
+                assert_eq!(key.to_string(), uri.to_ascii_lowercase());
+                assert_eq!(key.segments().count(), path.matches('/').count());
+                assert_eq!(key, RouteKey::parse(&uri.to_ascii_lowercase()).unwrap());
+            }
+        }
+        // Order and equality follow the text, whichever way each key is held.
+        let short = RouteKey::parse("a.com/b").unwrap();
+        let long = RouteKey::parse(&format!("a.com/{}", "b".repeat(INLINE_LEN))).unwrap();
+        assert!(short < long && short != long);
+        assert!(matches!(short.repr, Repr::Inline { .. }) && matches!(long.repr, Repr::Heap { .. }));
     }
 
     #[test]

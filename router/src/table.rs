@@ -1,136 +1,393 @@
-//! The route table readers see: host → context-path trie → pool.
+//! The route table readers see: host → (root pool | context paths) → pool.
 //!
-//! It is a persistent (structurally shared) hash map, so the registry can derive the next version in O(log n)
-//! and publish it with one pointer swap while requests keep reading the previous one. Readers therefore never
-//! wait on writers, and a million routes cost no more to update than ten. Lookup is one hash probe per host
-//! candidate (exact first, then wildcards from the most specific) and a walk down whole path segments, with no
-//! allocation.
+//! # Concurrency
+//!
+//! A [`RouteTable`] value is immutable once published. The registry (the single writer) derives the next version
+//! from its own copy and publishes it with one pointer swap (`ArcSwap<RouteTable>` in `bus.rs`); the proxy workers
+//! read whichever version the swap last published, with no lock and no wait, and a version lives as long as a
+//! reader still holds it. Nothing in a published version is ever written again, apart from the atomics inside
+//! pools and endpoints.
+//!
+//! Structural sharing keeps a derivation cheap. The table is a hash table cut into 4,096 leaves by the top twelve
+//! bits of each host's hash, under a two-level fan-out (64 chunks of 64 leaves), every level behind an `Arc`.
+//! Changing one host copies the root (64 pointers), one chunk (64 leaves) and one leaf (a few hundred slots at a
+//! million routes) the first time they are touched after a publish (`Arc::make_mut`), and nothing else, so a
+//! registration costs the same in a table of ten routes as in one of a million, and a batch of registrations
+//! copies each touched leaf once. There is no global rehash: each leaf grows and shrinks on its own.
+//!
+//! # Lookup
+//!
+//! A leaf is a flat Robin Hood hash table of 16-byte slots (a 32-bit tag and one pointer), so a probe reads one
+//! or two adjacent cache lines, and a miss (the exact host and the first wildcards of a wildcard walk usually
+//! miss) ends as soon as the probe passes where the key would be, without touching any key. A hit is confirmed
+//! against the key of the pool itself (for a host with only a root route, by far the most common case; a key of
+//! up to 45 bytes lives inside the pool, so this reads no further memory) or of the host's route list, so the host
+//! is stored once. A host with context paths keeps its paths in one buffer, grouped by depth and sorted within a
+//! group, so the longest match is a binary search per route depth present, deepest first; request segments are
+//! compared in place, case-insensitively, with no allocation.
 
 use crate::pool::Pool;
-use crate::route_key::{RequestHost, RouteKey, path_segments};
-use imbl::GenericHashMap;
-use imbl::shared_ptr::DefaultSharedPtr;
+use crate::route_key::{RequestHost, RouteKey};
 use std::cmp::Ordering;
+use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-type HostMap = GenericHashMap<Box<str>, HostEntry, foldhash::fast::RandomState, DefaultSharedPtr>;
+/// Chunks under the root, and leaves under a chunk.
+const FAN_OUT: usize = 64;
+/// Bits of a hash that pick the chunk, then the leaf.
+const FAN_OUT_BITS: u32 = FAN_OUT.trailing_zeros();
+/// A leaf grows when it would be fuller than this (percent)...
+const MAX_LOAD_PERCENT: usize = 88;
+/// ...to about this full, and shrinks back to it when less full than `SHRINK_LOAD_PERCENT`.
+const GROWN_LOAD_PERCENT: usize = 70;
+const SHRINK_LOAD_PERCENT: usize = 30;
 
-/// What a host maps to. Most hosts have one route at their root, which needs no trie.
-#[derive(Debug, Clone)]
-enum HostEntry {
-    Root(Arc<Pool>),
-    Tree(Arc<PathNode>),
+/// A host's hash, split the way the table uses it.
+#[derive(Debug, Clone, Copy)]
+struct Hash {
+    chunk: usize,
+    leaf: usize,
+    /// The low 32 bits: kept in the slot, so a probe rejects other hosts without reading their keys, and the
+    /// source of the slot a host would like to be in (see [`home`]).
+    tag: u32,
 }
 
-/// A node of a host's context-path trie. Children are sorted by (lower-case) segment for binary search.
+impl Hash {
+    #[expect(clippy::cast_possible_truncation, reason = "the tag is the low 32 bits of the hash, on purpose")]
+    fn of(hasher: &foldhash::fast::RandomState, host: &str) -> Self {
+        let hash = hasher.hash_one(host);
+        let top = |shift: u32| usize::try_from(hash >> shift).unwrap_or(0) % FAN_OUT;
+        Self { chunk: top(64 - FAN_OUT_BITS), leaf: top(64 - 2 * FAN_OUT_BITS), tag: hash as u32 }
+    }
+}
+
+/// The slot a tag would like to be in, in a leaf of `len` slots (the tag scaled to the leaf, so any size works).
+fn home(tag: u32, len: usize) -> usize {
+    usize::try_from((u64::from(tag) * len as u64) >> 32).unwrap_or(0)
+}
+
+/// One slot of a leaf.
 #[derive(Debug, Clone, Default)]
-struct PathNode {
-    pool: Option<Arc<Pool>>,
-    children: Vec<(Box<str>, PathNode)>,
+enum Slot {
+    #[default]
+    Empty,
+    /// A host whose only route is at its root: the pool, whose key is the host.
+    Root { tag: u32, pool: Arc<Pool> },
+    /// A host with context paths (and maybe a root route).
+    Paths { tag: u32, routes: Arc<HostRoutes> },
 }
 
-/// Compares a stored (lower-case) segment with a request segment, ignoring the request's ASCII case.
-fn compare_segment(stored: &str, requested: &str) -> Ordering {
-    stored.bytes().cmp(requested.bytes().map(|b| b.to_ascii_lowercase()))
-}
-
-impl PathNode {
-    fn child(&self, segment: &str) -> Option<&PathNode> {
-        let found = self.children.binary_search_by(|(stored, _)| compare_segment(stored, segment)).ok()?;
-        self.children.get(found).map(|(_, node)| node)
+impl Slot {
+    fn tag(&self) -> Option<u32> {
+        match self {
+            Self::Empty => None,
+            Self::Root { tag, .. } | Self::Paths { tag, .. } => Some(*tag),
+        }
     }
 
-    fn longest_match(&self, path: &str) -> Option<&Arc<Pool>> {
-        let mut node = self;
-        let mut best = node.pool.as_ref();
-        for segment in path_segments(path) {
-            match node.child(segment) {
-                Some(child) => {
-                    node = child;
-                    if let Some(pool) = &child.pool {
-                        best = Some(pool);
-                    }
+    /// The host's bytes (compared without a UTF-8 check: this runs on every probe that matches a tag).
+    fn host(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Root { pool, .. } => pool.key().host_bytes(),
+            Self::Paths { routes, .. } => routes.host(),
+        }
+    }
+
+    /// The entry for a host's routes (`(context path, pool)`, any order): `None` when there are none.
+    fn of_routes(tag: u32, host: &str, mut routes: Vec<(&str, Arc<Pool>)>) -> Option<Self> {
+        match routes.as_slice() {
+            [] => None,
+            [("", _)] => routes.pop().map(|(_, pool)| Self::Root { tag, pool }),
+            _ => Some(Self::Paths { tag, routes: Arc::new(HostRoutes::new(host, routes)) }),
+        }
+    }
+
+    /// The host's routes as `(context path, pool)`.
+    fn routes(&self) -> Vec<(&str, Arc<Pool>)> {
+        match self {
+            Self::Empty => Vec::new(),
+            Self::Root { pool, .. } => vec![("", Arc::clone(pool))],
+            Self::Paths { routes, .. } => routes.iter().map(|(path, pool)| (path, Arc::clone(pool))).collect(),
+        }
+    }
+
+    fn for_each_pool<'a>(&'a self, visit: &mut impl FnMut(&'a Arc<Pool>)) {
+        match self {
+            Self::Empty => {}
+            Self::Root { pool, .. } => visit(pool),
+            Self::Paths { routes, .. } => routes.routes.iter().for_each(|route| visit(&route.pool)),
+        }
+    }
+}
+
+/// The routes of a host with context paths.
+#[derive(Debug)]
+struct HostRoutes {
+    /// The host, then each route's context path (`""` for the root route), in `routes` order.
+    text: Box<str>,
+    host_len: usize,
+    /// Deepest first; within a depth, ordered by segments as [`compare_path`] orders them.
+    routes: Box<[PathRoute]>,
+}
+
+#[derive(Debug)]
+struct PathRoute {
+    /// Where this route's path ends in `text`; it starts where the previous one ends.
+    end: usize,
+    /// Segments in the path.
+    depth: usize,
+    pool: Arc<Pool>,
+}
+
+impl HostRoutes {
+    fn new(host: &str, mut routes: Vec<(&str, Arc<Pool>)>) -> Self {
+        routes.sort_by(|(a, _), (b, _)| path_depth(b).cmp(&path_depth(a)).then_with(|| compare_path(a, b, usize::MAX)));
+        let mut text = String::with_capacity(host.len() + routes.iter().map(|(path, _)| path.len()).sum::<usize>());
+        text.push_str(host);
+        let routes = routes
+            .into_iter()
+            .map(|(path, pool)| {
+                text.push_str(path);
+                PathRoute { end: text.len(), depth: path_depth(path), pool }
+            })
+            .collect();
+        Self { text: text.into_boxed_str(), host_len: host.len(), routes }
+    }
+
+    fn host(&self) -> &[u8] {
+        self.text.as_bytes().get(..self.host_len).unwrap_or_default()
+    }
+
+    fn path(&self, index: usize) -> &str {
+        let start = index.checked_sub(1).and_then(|previous| self.routes.get(previous)).map_or(self.host_len, |r| r.end);
+        let end = self.routes.get(index).map_or(start, |r| r.end);
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Pool>)> {
+        self.routes.iter().enumerate().map(|(index, route)| (self.path(index), &route.pool))
+    }
+
+    /// The route whose path is the longest whole-segment prefix of `path`, or (when `exact`) equal to it.
+    fn find(&self, path: &str, exact: bool) -> Option<&Arc<Pool>> {
+        let deepest = self.routes.first()?.depth;
+        // Counting one segment past the deepest route is enough to know the request is deeper than all of them.
+        let requested = count_segments(path, deepest.saturating_add(1));
+        // The first group a request this deep can match; then each shallower group, deepest first.
+        let mut start = self.routes.partition_point(|route| route.depth > requested);
+        while let Some(depth) = self.routes.get(start).map(|route| route.depth) {
+            if exact && depth != requested {
+                return None;
+            }
+            let end = self.routes.partition_point(|route| route.depth >= depth);
+            let (mut low, mut high) = (start, end);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                match compare_path(self.path(middle), path, depth) {
+                    Ordering::Less => low = middle + 1,
+                    Ordering::Greater => high = middle,
+                    Ordering::Equal => return self.routes.get(middle).map(|route| &route.pool),
                 }
-                None => break,
             }
+            start = end;
         }
-        best
-    }
-
-    fn get(&self, segments: &[&str]) -> Option<&Arc<Pool>> {
-        match segments.split_first() {
-            None => self.pool.as_ref(),
-            Some((first, rest)) => self.child(first)?.get(rest),
-        }
-    }
-
-    /// Sets or clears the pool at `segments`, pruning nodes left with neither pool nor children. Returns the
-    /// previous pool.
-    fn set(&mut self, segments: &[&str], pool: Option<Arc<Pool>>) -> Option<Arc<Pool>> {
-        let Some((first, rest)) = segments.split_first() else {
-            return std::mem::replace(&mut self.pool, pool);
-        };
-        let position = self.children.binary_search_by(|(stored, _)| stored.as_ref().cmp(*first));
-        let index = match (position, &pool) {
-            (Ok(index), _) => index,
-            (Err(_), None) => return None,
-            (Err(index), Some(_)) => {
-                self.children.insert(index, ((*first).into(), PathNode::default()));
-                index
-            }
-        };
-        let (previous, now_empty) = match self.children.get_mut(index) {
-            Some((_, child)) => {
-                let previous = child.set(rest, pool);
-                (previous, child.pool.is_none() && child.children.is_empty())
-            }
-            None => (None, false),
-        };
-        if now_empty {
-            self.children.remove(index);
-        }
-        previous
-    }
-
-    fn for_each<'a>(&'a self, visit: &mut impl FnMut(&'a Arc<Pool>)) {
-        if let Some(pool) = &self.pool {
-            visit(pool);
-        }
-        for (_, child) in &self.children {
-            child.for_each(visit);
-        }
+        None
     }
 }
 
-impl HostEntry {
-    fn longest_match(&self, path: &str) -> Option<&Arc<Pool>> {
-        match self {
-            Self::Root(pool) => Some(pool),
-            Self::Tree(node) => node.longest_match(path),
+/// Non-empty segments in `path`, counting no further than `limit`.
+fn count_segments(path: &str, limit: usize) -> usize {
+    let mut count = 0;
+    let mut previous = b'/';
+    for &byte in path.as_bytes() {
+        if previous == b'/' && byte != b'/' {
+            if count == limit {
+                break;
+            }
+            count += 1;
+        }
+        previous = byte;
+    }
+    count
+}
+
+/// Segments in a (normalised) context path.
+fn path_depth(path: &str) -> usize {
+    count_segments(path, usize::MAX)
+}
+
+/// Orders a stored (lower-case, normalised) context path against the first `depth` segments of a requested path,
+/// segment by segment, ignoring the request's ASCII case and its empty segments. This runs for every request to a
+/// host with context paths, so it walks both paths once, byte by byte, instead of splitting them.
+fn compare_path(stored: &str, requested: &str, depth: usize) -> Ordering {
+    let (stored, requested) = (stored.as_bytes(), requested.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    for _ in 0..depth {
+        // The next segment of each, after its separators; a path with no more segments orders first.
+        while stored.get(i) == Some(&b'/') {
+            i += 1;
+        }
+        while requested.get(j) == Some(&b'/') {
+            j += 1;
+        }
+        match (i < stored.len(), j < requested.len()) {
+            (false, false) => return Ordering::Equal,
+            (false, true) => return Ordering::Less,
+            (true, false) => return Ordering::Greater,
+            (true, true) => {}
+        }
+        // Compare the two segments; a segment ends at `/` or at the end of its path.
+        loop {
+            let a = stored.get(i).copied().filter(|&b| b != b'/');
+            let b = requested.get(j).copied().filter(|&b| b != b'/').map(|b| b.to_ascii_lowercase());
+            match (a, b) {
+                (None, None) => break,
+                (a, b) if a == b => {
+                    i += 1;
+                    j += 1;
+                }
+                (a, b) => return a.cmp(&b),
+            }
+        }
+    }
+    // `depth` segments are equal: a stored path with more orders after the request's prefix.
+    if stored.get(i..).unwrap_or_default().iter().any(|&b| b != b'/') { Ordering::Greater } else { Ordering::Equal }
+}
+
+/// A leaf: a Robin Hood hash table with linear probing, whose slice length is its capacity.
+#[derive(Debug, Clone)]
+struct Leaf {
+    slots: Arc<[Slot]>,
+    /// Occupied slots.
+    len: usize,
+}
+
+/// How far the entry with `tag` at `index` sits from its home, in a leaf of `len` slots.
+fn distance(tag: u32, index: usize, len: usize) -> usize {
+    let home = home(tag, len);
+    if index >= home { index - home } else { index + len - home }
+}
+
+impl Leaf {
+    fn empty() -> Self {
+        Self { slots: Arc::from(Vec::new()), len: 0 }
+    }
+
+    /// The slot of the host with `tag`, confirmed by `is_host`.
+    fn find(&self, tag: u32, is_host: impl Fn(&Slot) -> bool) -> Option<(usize, &Slot)> {
+        let len = self.slots.len();
+        let mut index = home(tag, len);
+        for probed in 0..len {
+            let slot = self.slots.get(index)?;
+            let theirs = slot.tag()?;
+            if theirs == tag && is_host(slot) {
+                return Some((index, slot));
+            }
+            // Entries along a probe sequence are ordered by home, so one closer to its home than the host would be
+            // to its own means the host is not in the leaf.
+            if distance(theirs, index, len) < probed {
+                return None;
+            }
+            index = if index + 1 == len { 0 } else { index + 1 };
+        }
+        None
+    }
+
+    /// Places a host that is not in the leaf yet, growing the leaf first when it is full.
+    fn insert(&mut self, slot: Slot) {
+        if (self.len + 1) * 100 > self.slots.len() * MAX_LOAD_PERCENT {
+            self.resize(self.len + 1);
+        }
+        place(Arc::make_mut(&mut self.slots), slot);
+        self.len += 1;
+    }
+
+    fn replace(&mut self, index: usize, slot: Slot) {
+        if let Some(current) = Arc::make_mut(&mut self.slots).get_mut(index) {
+            *current = slot;
         }
     }
 
-    fn into_node(self) -> PathNode {
-        match self {
-            Self::Root(pool) => PathNode { pool: Some(pool), children: Vec::new() },
-            Self::Tree(node) => Arc::unwrap_or_clone(node),
+    /// Empties the slot at `index`, shifting the entries after it back towards their homes (so the leaf needs no
+    /// tombstones), and shrinks a leaf left mostly empty.
+    fn remove(&mut self, index: usize) {
+        let slots = Arc::make_mut(&mut self.slots);
+        let len = slots.len();
+        if slots.get_mut(index).map(std::mem::take).is_none() {
+            return;
+        }
+        let mut hole = index;
+        loop {
+            let next = if hole + 1 == len { 0 } else { hole + 1 };
+            match slots.get(next).and_then(Slot::tag) {
+                Some(tag) if distance(tag, next, len) > 0 => {
+                    slots.swap(hole, next);
+                    hole = next;
+                }
+                _ => break,
+            }
+        }
+        self.len -= 1;
+        if self.len * 100 < self.slots.len() * SHRINK_LOAD_PERCENT {
+            self.resize(self.len);
         }
     }
 
-    fn from_node(node: PathNode) -> Option<Self> {
-        match (node.pool, node.children.is_empty()) {
-            (None, true) => None,
-            (Some(pool), true) => Some(Self::Root(pool)),
-            (pool, false) => Some(Self::Tree(Arc::new(PathNode { pool, children: node.children }))),
+    /// Rebuilds the leaf with room for `entries` at the grown load.
+    fn resize(&mut self, entries: usize) {
+        let capacity = if entries == 0 { 0 } else { entries * 100 / GROWN_LOAD_PERCENT + 1 };
+        let mut slots = vec![Slot::Empty; capacity];
+        for slot in self.slots.iter().filter(|slot| slot.tag().is_some()) {
+            place(&mut slots, slot.clone());
         }
+        self.slots = slots.into();
+    }
+}
+
+/// Puts `slot` where Robin Hood hashing wants it: entries richer (closer to home) than the one being placed give
+/// up their place to it and move on. `slots` must have an empty slot.
+fn place(slots: &mut [Slot], mut carried: Slot) {
+    let len = slots.len();
+    let Some(mut tag) = carried.tag() else { return };
+    let mut index = home(tag, len);
+    let mut travelled = 0;
+    for _ in 0..len {
+        let Some(current) = slots.get_mut(index) else { return };
+        match current.tag() {
+            None => {
+                *current = carried;
+                return;
+            }
+            Some(theirs) => {
+                let theirs_travelled = distance(theirs, index, len);
+                if theirs_travelled < travelled {
+                    std::mem::swap(current, &mut carried);
+                    tag = theirs;
+                    travelled = theirs_travelled;
+                }
+            }
+        }
+        debug_assert_eq!(distance(tag, index, len), travelled);
+        index = if index + 1 == len { 0 } else { index + 1 };
+        travelled += 1;
     }
 }
 
 /// An immutable version of the routing table. Cloning is O(1).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouteTable {
-    hosts: HostMap,
+    hasher: foldhash::fast::RandomState,
+    /// `FAN_OUT` chunks of `FAN_OUT` leaves.
+    chunks: Arc<[Arc<[Leaf]>]>,
     routes: usize,
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable").field("routes", &self.routes).finish_non_exhaustive()
+    }
 }
 
 impl Default for RouteTable {
@@ -140,9 +397,10 @@ impl Default for RouteTable {
 }
 
 impl RouteTable {
-    /// An empty table.
+    /// An empty table. Its chunks and leaves all share one empty chunk and one empty leaf until written to.
     pub fn new() -> Self {
-        Self { hosts: HostMap::with_hasher(foldhash::fast::RandomState::default()), routes: 0 }
+        let chunk: Arc<[Leaf]> = vec![Leaf::empty(); FAN_OUT].into();
+        Self { hasher: foldhash::fast::RandomState::default(), chunks: vec![chunk; FAN_OUT].into(), routes: 0 }
     }
 
     /// Number of routes (pools).
@@ -155,31 +413,67 @@ impl RouteTable {
         self.routes == 0
     }
 
+    fn leaf(&self, hash: Hash) -> Option<&Leaf> {
+        self.chunks.get(hash.chunk)?.get(hash.leaf)
+    }
+
+    /// The leaf for `hash`, copied first (with the root and its chunk) if a published version shares it.
+    fn leaf_mut(&mut self, hash: Hash) -> Option<&mut Leaf> {
+        let chunk = Arc::make_mut(&mut self.chunks).get_mut(hash.chunk)?;
+        Arc::make_mut(chunk).get_mut(hash.leaf)
+    }
+
+    /// The slot holding `host`.
+    fn host(&self, host: &str) -> Option<(Hash, usize, &Slot)> {
+        let hash = Hash::of(&self.hasher, host);
+        let (index, slot) = self.leaf(hash)?.find(hash.tag, |slot| slot.host() == host.as_bytes())?;
+        Some((hash, index, slot))
+    }
+
     /// The pool serving a request: exact host before wildcards, longest context path within a host.
     pub fn lookup(&self, host: &mut RequestHost, path: &str) -> Option<&Arc<Pool>> {
-        host.find_map(|candidate| self.hosts.get(candidate)?.longest_match(path))
+        host.find_map(|candidate| match self.host(candidate)?.2 {
+            Slot::Root { pool, .. } => Some(pool),
+            Slot::Paths { routes, .. } => routes.find(path, false),
+            Slot::Empty => None,
+        })
     }
 
     /// The pool registered at exactly `key`.
     pub fn get(&self, key: &RouteKey) -> Option<&Arc<Pool>> {
-        match self.hosts.get(key.host())? {
-            HostEntry::Root(pool) => key.path().is_empty().then_some(pool),
-            HostEntry::Tree(node) => node.get(&key.segments().collect::<Vec<_>>()),
+        match self.host(key.host())?.2 {
+            Slot::Root { pool, .. } => key.path().is_empty().then_some(pool),
+            Slot::Paths { routes, .. } => routes.find(key.path(), true),
+            Slot::Empty => None,
         }
     }
 
     /// Sets (`Some`) or removes (`None`) the pool at `key`. Returns the previous pool.
     pub fn set(&mut self, key: &RouteKey, pool: Option<Arc<Pool>>) -> Option<Arc<Pool>> {
+        let (host, path) = (key.host(), key.path());
+        let (hash, existing) = match self.host(host) {
+            Some((hash, index, slot)) => (hash, Some((index, slot.clone()))),
+            None => (Hash::of(&self.hasher, host), None),
+        };
+        let mut routes = existing.as_ref().map(|(_, slot)| slot.routes()).unwrap_or_default();
         let adding = pool.is_some();
-        let existing = self.hosts.remove(key.host());
-        if existing.is_none() && !adding {
-            return None;
-        }
-        let mut node = existing.map(HostEntry::into_node).unwrap_or_default();
-        let segments: Vec<&str> = key.segments().collect();
-        let previous = node.set(&segments, pool);
-        if let Some(entry) = HostEntry::from_node(node) {
-            self.hosts.insert(key.host().into(), entry);
+        let position = routes.iter().position(|(route, _)| *route == path);
+        let previous = match (position.and_then(|at| routes.get_mut(at)), pool) {
+            (Some((_, current)), Some(pool)) => Some(std::mem::replace(current, pool)),
+            (Some(_), None) => position.map(|at| routes.swap_remove(at).1),
+            (None, Some(pool)) => {
+                routes.push((path, pool));
+                None
+            }
+            (None, None) => return None,
+        };
+        let replacement = Slot::of_routes(hash.tag, host, routes);
+        let Some(leaf) = self.leaf_mut(hash) else { return previous };
+        match (existing, replacement) {
+            (Some((index, _)), Some(slot)) => leaf.replace(index, slot),
+            (Some((index, _)), None) => leaf.remove(index),
+            (None, Some(slot)) => leaf.insert(slot),
+            (None, None) => {}
         }
         match (previous.is_some(), adding) {
             (false, true) => self.routes += 1,
@@ -191,10 +485,9 @@ impl RouteTable {
 
     /// Visits every pool.
     pub fn for_each_pool<'a>(&'a self, mut visit: impl FnMut(&'a Arc<Pool>)) {
-        for entry in self.hosts.values() {
-            match entry {
-                HostEntry::Root(pool) => visit(pool),
-                HostEntry::Tree(node) => node.for_each(&mut visit),
+        for chunk in self.chunks.iter() {
+            for leaf in chunk.iter() {
+                leaf.slots.iter().for_each(|slot| slot.for_each_pool(&mut visit));
             }
         }
     }
@@ -250,6 +543,11 @@ mod tests {
         assert_eq!(route(&t, "deep.x.y.example.com", "/").as_deref(), Some("*.example.com"));
         assert_eq!(route(&t, "other.com", "/").as_deref(), Some("*.com"));
         assert_eq!(route(&t, "example.org", "/"), None);
+        // A long walk: twelve labels below the most specific wildcard that matches.
+        let t3 = table(&["*.com", "*.k.l.com/p"]);
+        let deep = "a.b.c.d.e.f.g.h.i.j.k.l.com";
+        assert_eq!(route(&t3, deep, "/p").as_deref(), Some("*.k.l.com/p"));
+        assert_eq!(route(&t3, deep, "/q").as_deref(), Some("*.com"));
         // The wildcard does not match its own apex.
         let t2 = table(&["*.example.com"]);
         assert_eq!(route(&t2, "example.com", "/"), None);
@@ -297,6 +595,190 @@ mod tests {
         t.for_each_pool(|p| seen.push(p.key().to_string()));
         seen.sort();
         assert_eq!(seen, ["a.com", "a.com/x", "b.com/y/z"]);
+    }
+
+    /// Checks every leaf: its count, its load bounds, and the Robin Hood invariants (no gap between an entry and
+    /// its home, distances along a run grow by at most one per slot, each entry findable by its own host).
+    /// Returns the occupied slots.
+    fn check_leaves(table: &RouteTable) -> usize {
+        let mut hosts = 0;
+        for chunk in table.chunks.iter() {
+            for leaf in chunk.iter() {
+                let len = leaf.slots.len();
+                let occupied = leaf.slots.iter().filter(|slot| slot.tag().is_some()).count();
+                assert_eq!(occupied, leaf.len, "leaf count");
+                assert!(leaf.len * 100 <= len * MAX_LOAD_PERCENT, "leaf over-full: {} of {len}", leaf.len);
+                assert!(leaf.len * 100 >= len * SHRINK_LOAD_PERCENT, "leaf not shrunk: {} of {len}", leaf.len);
+                for (index, slot) in leaf.slots.iter().enumerate() {
+                    let Some(tag) = slot.tag() else { continue };
+                    let travelled = distance(tag, index, len);
+                    for back in 1..=travelled {
+                        let before = (index + len - back) % len;
+                        assert!(leaf.slots[before].tag().is_some(), "gap between an entry and its home");
+                    }
+                    let previous = &leaf.slots[(index + len - 1) % len];
+                    if let Some(theirs) = previous.tag() {
+                        assert!(travelled <= distance(theirs, (index + len - 1) % len, len) + 1, "Robin Hood order");
+                    }
+                    let found = leaf.find(tag, |other| other.host() == slot.host()).map(|(at, _)| at);
+                    assert_eq!(found, Some(index), "entry {:?} findable", String::from_utf8_lossy(slot.host()));
+                }
+                hosts += occupied;
+            }
+        }
+        hosts
+    }
+
+    fn key(uri: &str) -> RouteKey {
+        RouteKey::parse(uri).unwrap()
+    }
+
+    #[test]
+    fn leaves_grow_and_shrink_across_many_inserts_and_removes() {
+        const HOSTS: usize = 30_000;
+        let mut t = RouteTable::new();
+        let uri = |i: usize| if i.is_multiple_of(5) { format!("h{i}.example.com/p/{}", i % 7) } else { format!("h{i}.example.com") };
+        for i in 0..HOSTS {
+            assert!(t.set(&key(&uri(i)), Some(pool(&uri(i)))).is_none());
+        }
+        assert_eq!(t.len(), HOSTS);
+        assert_eq!(check_leaves(&t), HOSTS);
+        let largest = t.chunks.iter().flat_map(|chunk| chunk.iter()).map(|leaf| leaf.slots.len()).max().unwrap();
+        assert!(largest > 8, "leaves grew past their first sizes ({largest})");
+        for i in (0..HOSTS).step_by(97) {
+            assert_eq!(route(&t, &format!("H{i}.Example.COM"), &format!("/P/{}/x", i % 7)).as_deref(), Some(uri(i).as_str()));
+        }
+        // Remove four in five, checking as the leaves shrink.
+        for i in (0..HOSTS).filter(|i| i % 5 != 1) {
+            assert_eq!(t.set(&key(&uri(i)), None).map(|p| p.key().to_string()), Some(uri(i)));
+            if i.is_multiple_of(4_999) {
+                check_leaves(&t);
+            }
+        }
+        assert_eq!(t.len(), HOSTS / 5);
+        assert_eq!(check_leaves(&t), HOSTS / 5);
+        for i in 0..HOSTS {
+            let expected = (i % 5 == 1).then(|| uri(i));
+            assert_eq!(t.get(&key(&uri(i))).map(|p| p.key().to_string()), expected);
+        }
+        for i in (0..HOSTS).filter(|i| i % 5 == 1) {
+            assert!(t.set(&key(&uri(i)), None).is_some());
+        }
+        assert!(t.is_empty());
+        assert_eq!(check_leaves(&t), 0);
+        assert!(t.chunks.iter().flat_map(|chunk| chunk.iter()).all(|leaf| leaf.slots.is_empty()), "empty leaves hold nothing");
+    }
+
+    /// Every route of `table`, by walking it.
+    fn snapshot(table: &RouteTable) -> Vec<String> {
+        let mut seen = Vec::new();
+        table.for_each_pool(|p| seen.push(p.key().to_string()));
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn a_published_version_is_unchanged_by_later_edits() {
+        let uris: Vec<String> = (0..5_000usize).map(|i| if i.is_multiple_of(3) { format!("a{i}.com/x/{i}") } else { format!("a{i}.com") }).collect();
+        let refs: Vec<&str> = uris.iter().map(String::as_str).collect();
+        let published = table(&refs);
+        let before = snapshot(&published);
+        let old_pool = Arc::clone(published.get(&key("a1.com")).unwrap());
+        let mut next = published.clone();
+        let mut expected = uris.len();
+        for (i, uri) in uris.iter().enumerate() {
+            match i % 4 {
+                0 => {
+                    next.set(&key(uri), None);
+                    expected -= 1;
+                }
+                1 => {
+                    next.set(&key(uri), Some(pool(uri)));
+                }
+                2 => {
+                    let deeper = format!("{uri}/deeper");
+                    next.set(&key(&deeper), Some(pool(&deeper)));
+                    expected += 1;
+                }
+                _ => {}
+            }
+        }
+        for i in 0..2_000 {
+            let uri = format!("new{i}.org");
+            next.set(&key(&uri), Some(pool(&uri)));
+            expected += 1;
+        }
+        assert_eq!(snapshot(&published), before, "the published version still holds exactly what it held");
+        assert_eq!(published.len(), uris.len());
+        check_leaves(&published);
+        assert!(Arc::ptr_eq(published.get(&key("a1.com")).unwrap(), &old_pool));
+        assert!(!Arc::ptr_eq(next.get(&key("a1.com")).unwrap(), &old_pool), "the edit replaced the pool in the new version");
+        assert_eq!(route(&published, "new5.org", "/"), None);
+        assert_eq!(route(&next, "new5.org", "/").as_deref(), Some("new5.org"));
+        assert_eq!(route(&published, "a2.com", "/deeper"), Some("a2.com".to_owned()));
+        assert_eq!(route(&next, "a2.com", "/deeper").as_deref(), Some("a2.com/deeper"));
+        assert_eq!(route(&published, "a0.com", "/x/0").as_deref(), Some("a0.com/x/0"));
+        assert_eq!(route(&next, "a0.com", "/x/0"), None);
+        assert_eq!(next.len(), expected);
+        assert_eq!(snapshot(&next).len(), expected);
+        check_leaves(&next);
+        // Editing the new version again after cloning it leaves that clone alone too.
+        let second = next.clone();
+        next.set(&key("new5.org"), None);
+        assert_eq!(route(&second, "new5.org", "/").as_deref(), Some("new5.org"));
+    }
+
+    #[test]
+    fn deep_paths_match_the_longest_whole_segment_prefix_at_every_depth() {
+        let t = table(&[
+            "deep.com/a",
+            "deep.com/a/b/c",
+            "deep.com/a/b/c/d/e/f",
+            "deep.com/a/bc",
+            "deep.com/a/b/cd",
+            "deep.com/z/y/x/w/v/u/t",
+            "deep.com/a/b/c/d/e/g",
+            "*.deep.com/a/b",
+        ]);
+        let cases = [
+            ("/a", Some("deep.com/a")),
+            ("/a/b", Some("deep.com/a")),
+            ("/a/bc/x", Some("deep.com/a/bc")),
+            ("/a/b/c", Some("deep.com/a/b/c")),
+            ("/a/b/cd", Some("deep.com/a/b/cd")),
+            ("/a/b/cde", Some("deep.com/a")),
+            ("/a/b/c/d/e", Some("deep.com/a/b/c")),
+            ("/a/b/c/d/e/f/g/h/i/j", Some("deep.com/a/b/c/d/e/f")),
+            ("/a/b/c/d/e/g", Some("deep.com/a/b/c/d/e/g")),
+            ("/A/B/C/D/E/F", Some("deep.com/a/b/c/d/e/f")),
+            ("//a//b///c/", Some("deep.com/a/b/c")),
+            ("/z/y/x/w/v/u/t/s", Some("deep.com/z/y/x/w/v/u/t")),
+            ("/z/y/x/w/v/u", None),
+            ("/", None),
+            ("", None),
+            ("/b", None),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(route(&t, "deep.com", path).as_deref(), expected, "path {path}");
+        }
+        // A host below deep.com has only the wildcard's route.
+        assert_eq!(route(&t, "x.deep.com", "/a/b/c").as_deref(), Some("*.deep.com/a/b"));
+        assert_eq!(route(&t, "x.y.deep.com", "/a"), None);
+        assert!(t.get(&key("deep.com/a/b")).is_none());
+        assert!(t.get(&key("deep.com/A/B/C")).is_some());
+    }
+
+    #[test]
+    fn matching_ignores_ascii_case_on_both_sides() {
+        let t = table(&["MiXeD.Example.COM/Api/V2", "*.Wild.ORG", "ROOT.net"]);
+        assert_eq!(route(&t, "mixed.example.com", "/api/v2/x").as_deref(), Some("mixed.example.com/api/v2"));
+        assert_eq!(route(&t, "MIXED.EXAMPLE.COM:443", "/API/v2").as_deref(), Some("mixed.example.com/api/v2"));
+        assert_eq!(route(&t, "a.B.wild.org", "/").as_deref(), Some("*.wild.org"));
+        assert_eq!(route(&t, "Root.Net", "/anything").as_deref(), Some("root.net"));
+        // Only ASCII folds: a non-ASCII segment must match byte for byte.
+        let t = table(&["u.com/caf\u{e9}"]);
+        assert_eq!(route(&t, "u.com", "/CAF\u{e9}").as_deref(), Some("u.com/caf\u{e9}"));
+        assert_eq!(route(&t, "u.com", "/CAF\u{c9}"), None);
     }
 
     mod model {
@@ -351,6 +833,52 @@ mod tests {
                     let request_path = format!("/{}", path.join("/"));
                     let expected = reference(&routes, REQUEST_HOSTS[host], &path);
                     prop_assert_eq!(route(&table, REQUEST_HOSTS[host], &request_path), expected);
+                }
+            }
+        }
+
+        /// A registered uri among many hosts (enough to grow and shrink leaves), some with context paths.
+        fn many_uri(host: usize, path: usize) -> String {
+            match path {
+                0 => format!("h{host}.many.com"),
+                1 => format!("h{host}.many.com/p"),
+                _ => format!("h{host}.many.com/p/q"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(16))]
+            #[test]
+            fn many_hosts_match_the_model_and_old_versions_hold(
+                ops in prop::collection::vec((any::<bool>(), 0..2_500usize, 0..3usize), 1..4_000),
+                clone_at in 0..4_000usize,
+            ) {
+                let mut table = RouteTable::new();
+                let mut routes = BTreeSet::new();
+                let mut old: Option<(RouteTable, BTreeSet<String>)> = None;
+                for (step, (insert, host, path)) in ops.into_iter().enumerate() {
+                    if step == clone_at {
+                        old = Some((table.clone(), routes.clone()));
+                    }
+                    let uri = many_uri(host, path);
+                    let previous = if insert { table.set(&key(&uri), Some(pool(&uri))) } else { table.set(&key(&uri), None) };
+                    let was_there = if insert { !routes.insert(uri.clone()) } else { routes.remove(&uri) };
+                    prop_assert_eq!(previous.is_some(), was_there);
+                }
+                prop_assert_eq!(table.len(), routes.len());
+                prop_assert_eq!(check_leaves(&table), routes.iter().map(|uri| uri.split('/').next().unwrap_or_default()).collect::<BTreeSet<_>>().len());
+                prop_assert_eq!(snapshot(&table), routes.iter().cloned().collect::<Vec<_>>());
+                for host in (0..2_500).step_by(31) {
+                    let name = format!("H{host}.Many.com");
+                    for path in ["/", "/p", "/P/x", "/p/Q/r", "/pq"] {
+                        let expected = reference(&routes, &name.to_ascii_lowercase(), &crate::reference::path_segments(path));
+                        prop_assert_eq!(route(&table, &name, path), expected);
+                    }
+                }
+                if let Some((old_table, old_routes)) = old {
+                    prop_assert_eq!(old_table.len(), old_routes.len());
+                    prop_assert_eq!(snapshot(&old_table), old_routes.into_iter().collect::<Vec<_>>());
+                    check_leaves(&old_table);
                 }
             }
         }

@@ -156,15 +156,13 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
 
 /// Sets the headers that name the instance (overwriting anything the client sent, so they cannot be spoofed).
 pub fn add_endpoint(headers: &mut HeaderMap, endpoint: &Endpoint) {
-    match endpoint.app_id() {
-        Some(app) => headers.insert(X_CF_APPLICATION_ID, app.clone()),
-        None => headers.remove(X_CF_APPLICATION_ID),
-    };
-    match endpoint.instance_index() {
-        Some(index) => headers.insert(X_CF_INSTANCE_INDEX, index.clone()),
-        None => headers.remove(X_CF_INSTANCE_INDEX),
-    };
-    headers.insert(X_CF_INSTANCE_ID, endpoint.instance_id().clone());
+    let values = endpoint.headers();
+    for (name, value) in [(X_CF_APPLICATION_ID, &values.app_id), (X_CF_INSTANCE_INDEX, &values.instance_index), (X_CF_INSTANCE_ID, &values.instance_id)] {
+        match value {
+            Some(value) => headers.insert(name, value.clone()),
+            None => headers.remove(name),
+        };
+    }
 }
 
 /// Parses `X-CF-APP-INSTANCE: <app guid>:<index>`.
