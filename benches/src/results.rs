@@ -97,6 +97,9 @@ pub struct RouteMemory {
     pub minimal_bytes_per_route: f64,
     /// Live bytes per route for registrations like Cloud Foundry's (app and instance ids, index, a tag).
     pub typical_bytes_per_route: f64,
+    /// Live bytes per route for the minimal registrations once every endpoint has served a request (and so built
+    /// the header values it adds): the steady state of a table whose routes all see traffic.
+    pub served_bytes_per_route: f64,
     /// Seconds to build the minimal table through the registry.
     pub build_seconds: f64,
 }

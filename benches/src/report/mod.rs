@@ -152,10 +152,13 @@ fn scale_targets(inputs: &Inputs, out: &mut Vec<Goal>) {
     });
     let memory = inputs.memory.as_ref();
     out.push(Goal {
-        what: "route-table memory per route at 1M routes (minimal registrations)".to_owned(),
+        what: "route-table memory per route at 1M routes (minimal registrations, every endpoint having served)".to_owned(),
         goal: "≤ 300 B".to_owned(),
-        measured: memory.map_or_else(|| "–".to_owned(), |m| format!("{:.0} B", m.minimal_bytes_per_route)),
-        met: memory.map(|m| m.minimal_bytes_per_route <= 300.0),
+        measured: memory.map_or_else(
+            || "–".to_owned(),
+            |m| format!("{:.0} B ({:.0} B before any request)", m.served_bytes_per_route, m.minimal_bytes_per_route),
+        ),
+        met: memory.map(|m| m.served_bytes_per_route <= 300.0),
     });
     let ingest = inputs.ingest.as_ref();
     out.push(Goal {
@@ -350,10 +353,12 @@ pub fn render(inputs: &Inputs) -> String {
                  route, counted by a counting global allocator (allocator overhead not included).\n\n\
                  | registrations carry | bytes per route |\n|---|---:|\n\
                  | host, port, uri | {:.0} |\n\
+                 | host, port, uri, once every endpoint has served a request and built the header values it adds | {:.0} |\n\
                  | host, port, uri, app GUID, instance GUID, index, a tag (as Cloud Foundry's emitters send) | {:.0} |\n\n\
                  Building the {} minimal routes took {:.2} s.\n",
                 number(m.routes as f64),
                 m.minimal_bytes_per_route,
+                m.served_bytes_per_route,
                 m.typical_bytes_per_route,
                 number(m.routes as f64),
                 m.build_seconds
@@ -559,7 +564,7 @@ mod tests {
     fn scale_figures_and_losses_are_reported() {
         let inputs = Inputs {
             lookups: vec![Lookup { routes: 1_000_000, shape: Shape::Exact, median_ns: 90.0 }, Lookup { routes: 1_000_000, shape: Shape::Wildcard, median_ns: 180.0 }],
-            memory: Some(RouteMemory { routes: 1_000_000, minimal_bytes_per_route: 250.0, typical_bytes_per_route: 400.0, build_seconds: 2.0 }),
+            memory: Some(RouteMemory { routes: 1_000_000, minimal_bytes_per_route: 250.0, typical_bytes_per_route: 400.0, served_bytes_per_route: 290.0, build_seconds: 2.0 }),
             ingest: Some(Ingest {
                 registrations: 100_000,
                 routable: 90_000,
@@ -572,7 +577,7 @@ mod tests {
         };
         let md = render(&inputs);
         assert!(md.contains("| ≤ 150 ns | 180 ns | **missed** |"));
-        assert!(md.contains("| ≤ 300 B | 250 B | **met** |"));
+        assert!(md.contains("| ≤ 300 B | 290 B (250 B before any request) | **met** |"));
         assert!(md.contains("0.400 s, 90000 of 100000 routable | **missed** |"));
         assert!(md.contains("10,000 registrations were lost"));
         assert!(md.contains("| 1,000,000 | 90 | – | 180 |"));
