@@ -5,10 +5,16 @@
 //! one lookup, including normalising the Host into the stack buffer as the proxy does.
 //!
 //! `SWITCHYARD_BENCH_SIZES=1000,100000` limits the sizes (scripts/bench --quick does).
+//!
+//! The table is built with the router's own allocator, because where its pieces land in memory (how densely, on
+//! which pages) is most of what a lookup in a big table costs.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use switchyard_benches::routes::{Detail, LOOKUPS_PER_ITERATION, Shape, build_registry, mixed_route, sample_requests};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 
