@@ -229,31 +229,27 @@ impl Batch {
 
     /// `add chain inet <table> <chain>`.
     pub fn add_chain(&mut self, chain: &str) {
-        let description = format!("add chain inet {} {chain}", self.table);
-        let start = self.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, description);
-        let table = self.table.clone();
-        self.string(NFTA_CHAIN_TABLE, &table);
-        self.string(NFTA_CHAIN_NAME, chain);
-        self.end_message(start);
+        self.chain_message("add chain", NFT_MSG_NEWCHAIN, NLM_F_CREATE, (NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME), chain);
     }
 
     /// `delete chain inet <table> <chain>`.
     pub fn delete_chain(&mut self, chain: &str) {
-        let description = format!("delete chain inet {} {chain}", self.table);
-        let start = self.message(NFT_MSG_DELCHAIN, 0, description);
-        let table = self.table.clone();
-        self.string(NFTA_CHAIN_TABLE, &table);
-        self.string(NFTA_CHAIN_NAME, chain);
-        self.end_message(start);
+        self.chain_message("delete chain", NFT_MSG_DELCHAIN, 0, (NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME), chain);
     }
 
-    /// `flush chain inet <table> <chain>`.
+    /// `flush chain inet <table> <chain>`: a rule deletion that names only the chain.
     pub fn flush_chain(&mut self, chain: &str) {
-        let description = format!("flush chain inet {} {chain}", self.table);
-        let start = self.message(NFT_MSG_DELRULE, 0, description);
+        self.chain_message("flush chain", NFT_MSG_DELRULE, 0, (NFTA_RULE_TABLE, NFTA_RULE_CHAIN), chain);
+    }
+
+    /// A message whose only attributes are this batch's table and `chain`, under the attribute types of the
+    /// message's kind (`(table, chain)`).
+    fn chain_message(&mut self, verb: &str, kind: u16, flags: u16, attributes: (u16, u16), chain: &str) {
+        let description = format!("{verb} inet {} {chain}", self.table);
+        let start = self.message(kind, flags, description);
         let table = self.table.clone();
-        self.string(NFTA_RULE_TABLE, &table);
-        self.string(NFTA_RULE_CHAIN, chain);
+        self.string(attributes.0, &table);
+        self.string(attributes.1, chain);
         self.end_message(start);
     }
 
