@@ -111,12 +111,25 @@ impl Drop for GroupKiller {
     }
 }
 
+/// A script that is open for writing when its check is due cannot be executed (`ETXTBSY`): a deploy tool is
+/// replacing it, or another thread forked while it had the file open. Both pass within moments, so the run is
+/// tried again this many times, this far apart, before the check counts as failed.
+const BUSY_RETRIES: u32 = 5;
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
+
 async fn run_script(path: &str, timeout: Duration) -> Outcome {
     let mut command = Command::new(path);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(err) => return Outcome::Unhealthy(format!("could not run {path}: {err}")),
+    let mut busy = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Ok(child) => break child,
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && busy < BUSY_RETRIES => {
+                busy += 1;
+                tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            Err(err) => return Outcome::Unhealthy(format!("could not run {path}: {err}")),
+        }
     };
     let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
     let mut killer = GroupKiller(group);
@@ -214,6 +227,24 @@ mod tests {
         assert!(why.contains("exited with 3") && why.contains("broken"), "{why}");
         let missing = run(&check(Probe::Script("/nonexistent/check".into()), 2000)).await;
         assert!(matches!(missing, Outcome::Unhealthy(ref why) if why.contains("could not run")), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn a_script_still_open_for_writing_runs_once_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = script(&dir, "busy", "exit 0");
+        // While this process holds the file open for writing, the kernel refuses to execute it.
+        let writer = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let closing = tokio::spawn(async move {
+            tokio::time::sleep(BUSY_PAUSE * 2).await;
+            drop(writer);
+        });
+        assert_eq!(run(&check(Probe::Script(path.clone()), 2000)).await, Outcome::Healthy);
+        closing.await.unwrap();
+        // A file that stays busy fails the check after the retries, naming the cause.
+        let _held = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let busy = run(&check(Probe::Script(path), 2000)).await;
+        assert!(matches!(busy, Outcome::Unhealthy(ref why) if why.contains("busy")), "{busy:?}");
     }
 
     #[tokio::test]
