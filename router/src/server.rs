@@ -165,15 +165,12 @@ async fn worker(setup: WorkerSetup, control: WorkerControl) -> std::io::Result<(
     }
     // Connections the kernel completed before the listeners close are clients that already sent (or are sending)
     // a request: when draining, serve them rather than reset them.
-    let (plain, secure) = if control.stop.is_cancelled() { (None, None) } else { (plain, secure) };
-    if let Some(listener) = plain {
-        for (stream, client) in accept_backlog(listener) {
-            spawn_connection(&serving, stream, client, None);
-        }
-    }
-    if let Some((listener, config)) = secure {
-        for (stream, client) in accept_backlog(listener) {
-            spawn_connection(&serving, stream, client, Some(config.load_full()));
+    if !control.stop.is_cancelled() {
+        let queues = plain.map(|listener| (listener, None)).into_iter();
+        for (listener, tls) in queues.chain(secure.map(|(listener, config)| (listener, Some(config.load_full())))) {
+            for (stream, client) in accept_backlog(listener) {
+                spawn_connection(&serving, stream, client, tls.clone());
+            }
         }
     }
     // Draining: open connections finish their requests; stop() ends the wait.
