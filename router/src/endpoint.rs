@@ -6,20 +6,20 @@
 //! registrations leave empty (SAN, route service, zone, tags) sit out of line and are absent when empty.
 //!
 //! The header values the proxy adds for an endpoint (`X-CF-ApplicationID`, `X-CF-InstanceIndex`,
-//! `X-CF-InstanceID`) are built on the endpoint's first request, not at registration, because most endpoints of
-//! a large table serve nothing at any given moment. The build is a lock-free race ([`OnceBox`]): concurrent first
-//! requests may each build the values, one compare-and-swap publishes a winner and the others drop theirs; after
-//! that every request reads them with one acquire load and clones them without allocating. The values are checked
-//! when the registration arrives, so the build cannot fail.
+//! `X-CF-InstanceID`) are slices of that one text buffer, a reference-counted [`Bytes`], so a request gets them
+//! without allocating or copying, and an endpoint holds no second copy of its own text. The buffer's shared
+//! reference count is allocated on the first request (`Bytes` does that when a buffer is first shared), so an
+//! endpoint that never serves pays nothing for it. The values are checked when the registration arrives.
 //!
 //! The few mutable fields are atomics shared by all worker threads: requests in flight (least-connection,
 //! `max_conns`), the time of the last failure (retries skip recent failures), and the time of the last
 //! registration (pruning, written only by the registry).
 
+use bytes::Bytes;
 use http::HeaderValue;
-use once_cell::race::OnceBox;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,8 +28,9 @@ use switchyard_config::messages::{BackendProtocol, Registration};
 /// Where to dial.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DialTarget {
-    /// A literal IP address.
-    Addr(SocketAddr),
+    /// A literal IP address and a port (not a `SocketAddr`, whose IPv6 flow and scope fields no registration
+    /// carries and which would make every endpoint 8 bytes larger).
+    Addr(IpAddr, u16),
     /// A DNS name, resolved when dialling.
     Name(Box<str>, u16),
 }
@@ -37,7 +38,7 @@ pub enum DialTarget {
 impl std::fmt::Display for DialTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Addr(ip, port) => write!(f, "{}", std::net::SocketAddr::new(*ip, *port)),
             Self::Name(name, port) => write!(f, "{name}:{port}"),
         }
     }
@@ -47,7 +48,7 @@ impl DialTarget {
     /// The target for `host` (an IP literal or a DNS name) and `port`.
     pub fn new(host: &str, port: u16) -> Self {
         match host.parse::<IpAddr>() {
-            Ok(ip) => Self::Addr(SocketAddr::new(ip, port)),
+            Ok(ip) => Self::Addr(ip, port),
             Err(_) => Self::Name(host.into(), port),
         }
     }
@@ -62,7 +63,8 @@ pub struct UpstreamKey {
     /// Where to dial.
     pub target: DialTarget,
     /// For TLS: the name the backend's certificate must be valid for.
-    pub tls_name: Option<Arc<str>>,
+    /// (`Arc<String>` rather than `Arc<str>`: a thin pointer keeps every endpoint 8 bytes smaller.)
+    pub tls_name: Option<Arc<String>>,
     /// Speak HTTP/2 (h2c on plain ports, ALPN `h2` on TLS).
     pub http2: bool,
 }
@@ -121,31 +123,25 @@ impl EndpointDetails {
     }
 }
 
-/// The headers that name an endpoint's instance to its backend, built on the endpoint's first request.
+/// The values of the headers that name an endpoint's instance to its backend, each `None` when the registration
+/// left the field empty.
 #[derive(Debug)]
 pub struct InstanceHeaders {
-    /// `X-CF-ApplicationID`, when the registration names an app.
+    /// `X-CF-ApplicationID`.
     pub app_id: Option<HeaderValue>,
-    /// `X-CF-InstanceIndex`, when the registration names an index.
+    /// `X-CF-InstanceIndex`.
     pub instance_index: Option<HeaderValue>,
-    /// `X-CF-InstanceID`: the private instance id, or `host:port`. Always present: the registration was checked.
+    /// `X-CF-InstanceID`: the private instance id, or `host:port`, so always present.
     pub instance_id: Option<HeaderValue>,
-}
-
-/// A header value for `text`, `None` when it is empty (or, which the registration check rules out, not a value).
-fn header_value(text: &str) -> Option<HeaderValue> {
-    if text.is_empty() {
-        return None;
-    }
-    HeaderValue::from_str(text).ok()
 }
 
 /// One registered backend in one pool.
 #[derive(Debug)]
 pub struct Endpoint {
     upstream: UpstreamKey,
-    /// The identity (`host:port`), the private instance id, the app GUID and the instance index, one after another.
-    text: Box<str>,
+    /// The identity (`host:port`), the private instance id, the app GUID and the instance index, one after another
+    /// (checked to be header values, so also UTF-8).
+    text: Bytes,
     /// Where the identity, the instance id and the app GUID end in `text`.
     ends: [u16; 3],
     /// The stale threshold in milliseconds (a TTL beyond 49 days is held as 49 days).
@@ -153,7 +149,6 @@ pub struct Endpoint {
     in_flight: AtomicU32,
     last_seen_ms: AtomicU64,
     failed_at_ms: AtomicU64,
-    headers: OnceBox<InstanceHeaders>,
     details: Option<Box<EndpointDetails>>,
 }
 
@@ -194,7 +189,7 @@ impl Endpoint {
         let protocol = registration.backend_protocol().unwrap_or(BackendProtocol::Http1);
         let upstream = UpstreamKey {
             target: DialTarget::new(&registration.host, registration.effective_port()),
-            tls_name: tls_name_of(registration).map(Arc::from),
+            tls_name: tls_name_of(registration).map(|name| Arc::new(name.to_owned())),
             http2: protocol == BackendProtocol::Http2,
         };
         let identity = identity_of(registration);
@@ -218,13 +213,12 @@ impl Endpoint {
         }
         Ok(Self {
             upstream,
-            text: text.into_boxed_str(),
+            text: Bytes::from(text),
             ends,
             ttl_ms: ttl_ms_of(registration, max_ttl),
             in_flight: AtomicU32::new(0),
             last_seen_ms: AtomicU64::new(now_ms),
             failed_at_ms: AtomicU64::new(0),
-            headers: OnceBox::new(),
             details: EndpointDetails::of(registration),
         })
     }
@@ -237,7 +231,7 @@ impl Endpoint {
         let identity = self.identity();
         let same_address = identity.strip_prefix(r.host.as_str()).and_then(|rest| rest.strip_prefix(':')).is_some_and(|port| port.parse() == Ok(r.effective_port()));
         same_address
-            && self.upstream.tls_name.as_deref() == tls_name_of(r)
+            && self.upstream.tls_name.as_deref().map(String::as_str) == tls_name_of(r)
             && self.protocol() == r.backend_protocol().unwrap_or(BackendProtocol::Http1)
             && self.private_instance_id() == r.private_instance_id
             && self.app_id() == r.app
@@ -246,11 +240,25 @@ impl Endpoint {
             && self.details().describe(r)
     }
 
-    /// The `index`th piece of `text` (identity, instance id, app GUID, index).
-    fn part(&self, index: usize) -> &str {
+    /// Where the `index`th piece of `text` (identity, instance id, app GUID, index) lies.
+    fn range(&self, index: usize) -> Range<usize> {
         let start = index.checked_sub(1).and_then(|previous| self.ends.get(previous)).map_or(0, |&end| usize::from(end));
         let end = self.ends.get(index).map_or(self.text.len(), |&end| usize::from(end));
-        self.text.get(start..end).unwrap_or_default()
+        start..end
+    }
+
+    /// The `index`th piece of `text`.
+    fn part(&self, index: usize) -> &str {
+        self.text.get(self.range(index)).and_then(|bytes| std::str::from_utf8(bytes).ok()).unwrap_or_default()
+    }
+
+    /// The header value of the `index`th piece of `text`, sharing its bytes; `None` when the piece is empty.
+    fn header_value(&self, index: usize) -> Option<HeaderValue> {
+        let range = self.range(index);
+        if range.is_empty() || range.end > self.text.len() {
+            return None;
+        }
+        HeaderValue::from_maybe_shared(self.text.slice(range)).ok()
     }
 
     /// `host:port` as registered.
@@ -281,15 +289,14 @@ impl Endpoint {
         }
     }
 
-    /// The header values naming this instance, built on first use (see the module docs).
-    pub fn headers(&self) -> &InstanceHeaders {
-        self.headers.get_or_init(|| {
-            Box::new(InstanceHeaders {
-                app_id: header_value(self.app_id()),
-                instance_index: header_value(self.instance_index()),
-                instance_id: header_value(self.instance_id()),
-            })
-        })
+    /// The header values naming this instance (see the module docs).
+    pub fn headers(&self) -> InstanceHeaders {
+        let private_instance_id = self.header_value(1);
+        InstanceHeaders {
+            app_id: self.header_value(2),
+            instance_index: self.header_value(3),
+            instance_id: private_instance_id.or_else(|| self.header_value(0)),
+        }
     }
 
     /// Where to dial, how to secure it and in which protocol.
@@ -404,12 +411,12 @@ mod tests {
         assert_eq!(e.instance_id(), "10.0.0.1:8080");
         assert_eq!(e.app_id(), "guid");
         assert_eq!(e.instance_index(), "2");
-        assert_eq!(e.target(), &DialTarget::Addr("10.0.0.1:8080".parse().unwrap()));
+        assert_eq!(e.target(), &DialTarget::Addr("10.0.0.1".parse().unwrap(), 8080));
         let headers = e.headers();
         assert_eq!(headers.instance_id.as_ref().unwrap(), "10.0.0.1:8080");
         assert_eq!(headers.app_id.as_ref().unwrap(), "guid");
         assert_eq!(headers.instance_index.as_ref().unwrap(), "2");
-        assert!(std::ptr::eq(headers, e.headers()), "built once");
+        assert_eq!(headers.instance_id.unwrap().as_bytes().as_ptr(), e.identity().as_ptr(), "shared, not copied");
         assert!(e.details().tags.is_empty() && e.details.is_none(), "no details, no allocation");
         let private = registration(r#"{"host":"10.0.0.1","port":8080,"uris":["a"],"private_instance_id":"inst-1"}"#);
         let e = Endpoint::from_registration(&private, Duration::from_secs(120), 1).unwrap();
@@ -449,15 +456,15 @@ mod tests {
     fn upstream_keys_carry_tls_identity_and_protocol() {
         let e = |json| Endpoint::from_registration(&registration(json), Duration::from_secs(10), 1).unwrap();
         let plain = e(r#"{"host":"10.0.0.1","port":80,"uris":["a"]}"#);
-        assert_eq!(plain.upstream(), &UpstreamKey { target: DialTarget::Addr("10.0.0.1:80".parse().unwrap()), tls_name: None, http2: false });
+        assert_eq!(plain.upstream(), &UpstreamKey { target: DialTarget::Addr("10.0.0.1".parse().unwrap(), 80), tls_name: None, http2: false });
         let tls = e(r#"{"host":"10.0.0.1","port":80,"tls_port":443,"uris":["a"],"server_cert_domain_san":"app.internal","protocol":"http2"}"#);
-        assert_eq!(tls.upstream().tls_name.as_deref(), Some("app.internal"));
-        assert_eq!(tls.target(), &DialTarget::Addr("10.0.0.1:443".parse().unwrap()));
+        assert_eq!(tls.upstream().tls_name.as_deref().map(String::as_str), Some("app.internal"));
+        assert_eq!(tls.target(), &DialTarget::Addr("10.0.0.1".parse().unwrap(), 443));
         assert!(tls.upstream().http2 && !tls.upstream().as_http1().http2);
         let other_san = e(r#"{"host":"10.0.0.1","tls_port":443,"uris":["a"],"server_cert_domain_san":"other.internal"}"#);
         assert_ne!(tls.upstream().as_http1(), *other_san.upstream(), "a different SAN is a different pool");
         let no_san = e(r#"{"host":"backend.internal","tls_port":443,"uris":["a"]}"#);
-        assert_eq!(no_san.upstream().tls_name.as_deref(), Some("backend.internal"));
+        assert_eq!(no_san.upstream().tls_name.as_deref().map(String::as_str), Some("backend.internal"));
         assert_eq!(no_san.target(), &DialTarget::Name("backend.internal".into(), 443));
     }
 
@@ -503,5 +510,12 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(e.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_endpoint_stays_small() {
+        // A million routes hold a million endpoints: growing one by 8 bytes costs 8 MB.
+        assert!(std::mem::size_of::<Endpoint>() <= 112, "Endpoint is {} bytes", std::mem::size_of::<Endpoint>());
+        assert!(std::mem::size_of::<crate::pool::Pool>() <= 80, "Pool is {} bytes", std::mem::size_of::<crate::pool::Pool>());
     }
 }

@@ -35,7 +35,6 @@ impl HashPolicy {
 pub struct Pool {
     key: RouteKey,
     endpoints: Box<[Arc<Endpoint>]>,
-    changed_ms: u64,
     extras: Option<Box<Extras>>,
     cursor: AtomicU32,
     algorithm: LbAlgorithm,
@@ -46,6 +45,8 @@ pub struct Pool {
 struct Extras {
     hash: Option<HashPolicy>,
     route_service: Option<Arc<Binding>>,
+    /// For a pool with no endpoints: when it was built that way (its grace period runs from then).
+    emptied_ms: Option<u64>,
 }
 
 /// Which endpoints a request has already tried, by index (the first 64 are tracked; a pool that large simply
@@ -97,14 +98,14 @@ pub enum Choice {
 }
 
 impl Pool {
-    /// A pool for `key`. `cursor_seed` sets where round-robin starts (callers pass a random value).
+    /// A pool for `key`, built at `now_ms`. `cursor_seed` sets where round-robin starts (callers pass a random value).
     pub fn new(
         key: RouteKey,
         endpoints: Vec<Arc<Endpoint>>,
         algorithm: LbAlgorithm,
         hash_header: Option<HeaderName>,
         cursor_seed: usize,
-        changed_ms: u64,
+        now_ms: u64,
     ) -> Self {
         let hash = match (algorithm, hash_header) {
             (LbAlgorithm::Hash, Some(header)) => {
@@ -123,8 +124,10 @@ impl Pool {
             .map(|e| e.details().route_service_url.as_str())
             .find(|url| !url.is_empty())
             .map(|url| Arc::new(Binding::parse(url)));
-        let extras = (hash.is_some() || route_service.is_some()).then(|| Box::new(Extras { hash, route_service }));
-        Self { key, endpoints: endpoints.into_boxed_slice(), changed_ms, extras, cursor: AtomicU32::new(cursor), algorithm }
+        let emptied_ms = endpoints.is_empty().then_some(now_ms);
+        let extras = (hash.is_some() || route_service.is_some() || emptied_ms.is_some())
+            .then(|| Box::new(Extras { hash, route_service, emptied_ms }));
+        Self { key, endpoints: endpoints.into_boxed_slice(), extras, cursor: AtomicU32::new(cursor), algorithm }
     }
 
     /// The route service the route is bound to, if any.
@@ -162,9 +165,9 @@ impl Pool {
         self.extras.as_ref()?.hash.as_ref()
     }
 
-    /// When the pool's membership last changed.
-    pub fn changed_ms(&self) -> u64 {
-        self.changed_ms
+    /// For a pool with no endpoints, when it was built empty (`now_ms` as given to [`Pool::new`]).
+    pub fn emptied_ms(&self) -> Option<u64> {
+        self.extras.as_ref()?.emptied_ms
     }
 
     /// The round-robin position, carried into a rebuilt pool so turns continue where they were.
@@ -439,5 +442,7 @@ mod tests {
     fn empty_pool_says_so() {
         let empty = Pool::new(RouteKey::parse("a").unwrap(), Vec::new(), LbAlgorithm::RoundRobin, None, 3, 1);
         assert_eq!(empty.choose(None, Attempted::default(), &limits()), Choice::Empty);
+        assert_eq!(empty.emptied_ms(), Some(1), "an empty pool's grace runs from when it was built");
+        assert_eq!(pool(2, LbAlgorithm::RoundRobin).emptied_ms(), None);
     }
 }

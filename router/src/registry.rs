@@ -223,7 +223,7 @@ impl Registry {
         let grace_ms = self.config.empty_pool_grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
         let mut stale_pools = Vec::new();
         self.table.for_each_pool(|pool| {
-            let expired_empty = pool.is_empty() && grace_ms.is_none_or(|g| now_ms.saturating_sub(pool.changed_ms()) >= g);
+            let expired_empty = pool.emptied_ms().is_some_and(|emptied| grace_ms.is_none_or(|g| now_ms.saturating_sub(emptied) >= g));
             if expired_empty || pool.endpoints().iter().any(|e| e.is_stale(now_ms)) {
                 stale_pools.push(Arc::clone(pool));
             }

@@ -2,9 +2,10 @@
 //!
 //! Every allocation of this process goes through a counting wrapper around the system allocator, so the bytes
 //! live after building a registry of N routes (one endpoint each), minus the bytes live before, are exactly what
-//! the route table holds: hash-table leaves, per-host path lists, pools and endpoints. An endpoint builds the
-//! header values it adds to requests on its first request, so the minimal table is measured twice: as built, and
-//! after every endpoint has built them, as it would once every route has seen traffic.
+//! the route table holds: hash-table leaves, per-host path lists, pools and endpoints. An endpoint's text buffer
+//! gets its shared reference count on its first request (the header values it adds are slices of it), so the
+//! minimal table is measured twice: as built, and after every endpoint has made its header values, as it would
+//! once every route has seen traffic.
 //! Allocator overhead (size-class rounding, free lists) is not included. Prints one JSON object on stdout.
 
 use cap::Cap;
@@ -31,7 +32,7 @@ struct Cli {
 struct Measured {
     /// Live bytes per route as built.
     built: f64,
-    /// Live bytes per route once every endpoint has built its header values.
+    /// Live bytes per route once every endpoint has made its header values.
     served: f64,
     /// Seconds the build took.
     build_seconds: f64,

@@ -157,9 +157,9 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
 /// Sets the headers that name the instance (overwriting anything the client sent, so they cannot be spoofed).
 pub fn add_endpoint(headers: &mut HeaderMap, endpoint: &Endpoint) {
     let values = endpoint.headers();
-    for (name, value) in [(X_CF_APPLICATION_ID, &values.app_id), (X_CF_INSTANCE_INDEX, &values.instance_index), (X_CF_INSTANCE_ID, &values.instance_id)] {
+    for (name, value) in [(X_CF_APPLICATION_ID, values.app_id), (X_CF_INSTANCE_INDEX, values.instance_index), (X_CF_INSTANCE_ID, values.instance_id)] {
         match value {
-            Some(value) => headers.insert(name, value.clone()),
+            Some(value) => headers.insert(name, value),
             None => headers.remove(name),
         };
     }

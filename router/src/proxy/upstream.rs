@@ -250,7 +250,7 @@ impl Dialer {
         let target = &key.target;
         let connecting = async {
             match target {
-                crate::endpoint::DialTarget::Addr(addr) => TcpStream::connect(addr).await,
+                crate::endpoint::DialTarget::Addr(ip, port) => TcpStream::connect((*ip, *port)).await,
                 crate::endpoint::DialTarget::Name(name, port) => TcpStream::connect((name.as_ref(), *port)).await,
             }
         };

@@ -67,7 +67,7 @@ impl Destination {
         let port = authority.port_u16().unwrap_or(443);
         let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         Some(Self {
-            upstream: UpstreamKey { target: DialTarget::new(host, port), tls_name: Some(Arc::from(host)), http2: false },
+            upstream: UpstreamKey { target: DialTarget::new(host, port), tls_name: Some(Arc::new(host.to_owned())), http2: false },
             authority: HeaderValue::from_str(authority.as_str()).ok()?,
             path: Uri::from(path),
         })
@@ -177,11 +177,11 @@ mod tests {
         let b = Binding::parse("https://auth.example.com:8443/check?x=1");
         let target = b.target.unwrap();
         assert_eq!(target.upstream.target, DialTarget::Name("auth.example.com".into(), 8443));
-        assert_eq!(target.upstream.tls_name.as_deref(), Some("auth.example.com"));
+        assert_eq!(target.upstream.tls_name.as_deref().map(String::as_str), Some("auth.example.com"));
         assert_eq!(target.authority, "auth.example.com:8443");
         assert_eq!(target.path, "/check?x=1");
         let ip = Binding::parse("https://127.0.0.1").target.unwrap();
-        assert_eq!(ip.upstream.target, DialTarget::Addr("127.0.0.1:443".parse().unwrap()));
+        assert_eq!(ip.upstream.target, DialTarget::Addr("127.0.0.1".parse().unwrap(), 443));
         assert_eq!(ip.path, "/");
         assert!(Binding::parse("http://auth.example.com").target.is_none());
         assert!(Binding::parse("https://").target.is_none());
