@@ -178,9 +178,10 @@ impl RequestHost {
     }
 
     /// Calls `visit` with the exact host, then each wildcard that covers it, most specific first
-    /// (`a.b.c.com`, `*.b.c.com`, `*.c.com`, `*.com`), until `visit` returns `Some`.
-    pub fn find_map<R>(&mut self, mut visit: impl FnMut(&str) -> Option<R>) -> Option<R> {
-        if let Some(found) = visit(self.as_str()) {
+    /// (`a.b.c.com`, `*.b.c.com`, `*.c.com`, `*.com`), until `visit` returns `Some`. Candidates are passed as the
+    /// bytes they are (visible ASCII), so none is checked again for UTF-8.
+    pub fn find_map<R>(&mut self, mut visit: impl FnMut(&[u8]) -> Option<R>) -> Option<R> {
+        if let Some(found) = visit(self.buf.get(1..=self.len)?) {
             return Some(found);
         }
         let end = self.len + 1;
@@ -191,8 +192,7 @@ impl RequestHost {
         while let Some(offset) = self.buf.get(start..end)?.iter().position(|&b| b == b'.') {
             let dot = start + offset;
             *self.buf.get_mut(dot - 1)? = b'*';
-            let candidate = std::str::from_utf8(self.buf.get(dot - 1..end)?).ok()?;
-            if let Some(found) = visit(candidate) {
+            if let Some(found) = visit(self.buf.get(dot - 1..end)?) {
                 return Some(found);
             }
             start = dot + 1;
@@ -288,7 +288,7 @@ mod tests {
         let mut host = RequestHost::parse(raw).unwrap();
         let mut seen = Vec::new();
         let found: Option<()> = host.find_map(|candidate| {
-            seen.push(candidate.to_owned());
+            seen.push(String::from_utf8_lossy(candidate).into_owned());
             None
         });
         assert!(found.is_none());
@@ -312,14 +312,14 @@ mod tests {
         let long = format!("{}.com", "a".repeat(MAX_HOST_LEN - 4));
         let mut host = RequestHost::parse(long.as_bytes()).unwrap();
         assert_eq!(host.as_str(), long);
-        let found = host.find_map(|c| (c == "*.com").then_some(()));
+        let found = host.find_map(|c| (c == b"*.com").then_some(()));
         assert_eq!(found, Some(()));
     }
 
     #[test]
     fn candidate_walk_stops_at_first_hit() {
         let mut host = RequestHost::parse(b"x.y.com").unwrap();
-        let found = host.find_map(|c| (c == "*.y.com").then_some(7));
+        let found = host.find_map(|c| (c == b"*.y.com").then_some(7));
         assert_eq!(found, Some(7));
     }
 }

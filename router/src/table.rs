@@ -23,8 +23,9 @@
 //! against the key of the pool itself (for a host with only a root route, by far the most common case; a key of
 //! up to 45 bytes lives inside the pool, so this reads no further memory) or of the host's route list, so the host
 //! is stored once. A host with context paths keeps its paths in one buffer, grouped by depth and sorted within a
-//! group, so the longest match is a binary search per route depth present, deepest first; request segments are
-//! compared in place, case-insensitively, with no allocation.
+//! group, so the longest match is a binary search per route depth present, deepest first. A request path already in
+//! normal form (lower case, no empty segment: the usual case) is compared with the stored paths as bytes; any other
+//! is compared segment by segment, case-insensitively, in the same order. Neither allocates.
 
 use crate::pool::Pool;
 use crate::route_key::{RequestHost, RouteKey};
@@ -55,7 +56,7 @@ struct Hash {
 
 impl Hash {
     #[expect(clippy::cast_possible_truncation, reason = "the tag is the low 32 bits of the hash, on purpose")]
-    fn of(hasher: &foldhash::fast::RandomState, host: &str) -> Self {
+    fn of(hasher: &foldhash::fast::RandomState, host: &[u8]) -> Self {
         let hash = hasher.hash_one(host);
         let top = |shift: u32| usize::try_from(hash >> shift).unwrap_or(0) % FAN_OUT;
         Self { chunk: top(64 - FAN_OUT_BITS), leaf: top(64 - 2 * FAN_OUT_BITS), tag: hash as u32 }
@@ -128,7 +129,7 @@ struct HostRoutes {
     /// The host, then each route's context path (`""` for the root route), in `routes` order.
     text: Box<str>,
     host_len: usize,
-    /// Deepest first; within a depth, ordered by segments as [`compare_path`] orders them.
+    /// Deepest first; within a depth, in byte order (which is how [`compare_path`] orders them).
     routes: Box<[PathRoute]>,
 }
 
@@ -143,7 +144,7 @@ struct PathRoute {
 
 impl HostRoutes {
     fn new(host: &str, mut routes: Vec<(&str, Arc<Pool>)>) -> Self {
-        routes.sort_by(|(a, _), (b, _)| path_depth(b).cmp(&path_depth(a)).then_with(|| compare_path(a, b, usize::MAX)));
+        routes.sort_by(|(a, _), (b, _)| path_depth(b).cmp(&path_depth(a)).then_with(|| a.cmp(b)));
         let mut text = String::with_capacity(host.len() + routes.iter().map(|(path, _)| path.len()).sum::<usize>());
         text.push_str(host);
         let routes = routes
@@ -174,7 +175,7 @@ impl HostRoutes {
     fn find(&self, path: &str, exact: bool) -> Option<&Arc<Pool>> {
         let deepest = self.routes.first()?.depth;
         // Counting one segment past the deepest route is enough to know the request is deeper than all of them.
-        let requested = count_segments(path, deepest.saturating_add(1));
+        let (requested, normal) = survey(path, deepest.saturating_add(1));
         // The first group a request this deep can match; then each shallower group, deepest first.
         let mut start = self.routes.partition_point(|route| route.depth > requested);
         while let Some(depth) = self.routes.get(start).map(|route| route.depth) {
@@ -182,10 +183,17 @@ impl HostRoutes {
                 return None;
             }
             let end = self.routes.partition_point(|route| route.depth >= depth);
+            // A request already in normal form (the usual case) is compared as bytes; anything else segment by
+            // segment. Both order as the normal form would.
+            let prefix = normal.then(|| normal_prefix(path, depth));
+            let order = |stored: &str| match prefix {
+                Some(prefix) => stored.as_bytes().cmp(prefix),
+                None => compare_path(stored, path, depth),
+            };
             let (mut low, mut high) = (start, end);
             while low < high {
                 let middle = low + (high - low) / 2;
-                match compare_path(self.path(middle), path, depth) {
+                match order(self.path(middle)) {
                     Ordering::Less => low = middle + 1,
                     Ordering::Greater => high = middle,
                     Ordering::Equal => return self.routes.get(middle).map(|route| &route.pool),
@@ -197,63 +205,70 @@ impl HostRoutes {
     }
 }
 
-/// Non-empty segments in `path`, counting no further than `limit`.
-fn count_segments(path: &str, limit: usize) -> usize {
+/// The non-empty segments of `path`, counted no further than `limit`, and whether the path is in normal form
+/// (`/seg/seg`: no empty segment, no upper-case letter) as far as it was read.
+fn survey(path: &str, limit: usize) -> (usize, bool) {
+    let bytes = path.as_bytes();
     let mut count = 0;
+    let mut normal = bytes.first().is_none_or(|&first| first == b'/');
+    // A segment starts at the beginning of the path or after a `/`.
     let mut previous = b'/';
-    for &byte in path.as_bytes() {
-        if previous == b'/' && byte != b'/' {
-            if count == limit {
-                break;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if byte == b'/' {
+            normal &= previous != b'/' || index == 0;
+        } else {
+            if previous == b'/' {
+                if count == limit {
+                    break;
+                }
+                count += 1;
             }
-            count += 1;
+            normal &= !byte.is_ascii_uppercase();
         }
         previous = byte;
     }
-    count
+    (count, normal)
+}
+
+/// The first `depth` segments of a path in normal form: everything before its `depth + 1`th `/`.
+fn normal_prefix(path: &str, depth: usize) -> &[u8] {
+    let bytes = path.as_bytes();
+    let end = bytes.iter().enumerate().filter(|&(_, &b)| b == b'/').nth(depth).map_or(bytes.len(), |(index, _)| index);
+    bytes.get(..end).unwrap_or(bytes)
 }
 
 /// Segments in a (normalised) context path.
 fn path_depth(path: &str) -> usize {
-    count_segments(path, usize::MAX)
+    survey(path, usize::MAX).0
 }
 
-/// Orders a stored (lower-case, normalised) context path against the first `depth` segments of a requested path,
-/// segment by segment, ignoring the request's ASCII case and its empty segments. This runs for every request to a
-/// host with context paths, so it walks both paths once, byte by byte, instead of splitting them.
+/// Orders a stored context path (lower-case, normalised: `/seg/seg`) against the normalised form of the first
+/// `depth` segments of a requested path (its empty segments dropped, its ASCII letters lowered), as byte strings.
+/// This runs for every request to a host with context paths, so it compares a segment at a time in place instead
+/// of building the normalised request path.
 fn compare_path(stored: &str, requested: &str, depth: usize) -> Ordering {
-    let (stored, requested) = (stored.as_bytes(), requested.as_bytes());
-    let (mut i, mut j) = (0, 0);
+    let (mut stored, mut requested) = (stored.as_bytes(), requested.as_bytes());
     for _ in 0..depth {
-        // The next segment of each, after its separators; a path with no more segments orders first.
-        while stored.get(i) == Some(&b'/') {
-            i += 1;
+        let Some(start) = requested.iter().position(|&b| b != b'/') else { break };
+        let rest = requested.get(start..).unwrap_or_default();
+        let (segment, after) = rest.split_at(rest.iter().position(|&b| b == b'/').unwrap_or(rest.len()));
+        // The normalised request continues with `/` and the segment.
+        match stored.split_first() {
+            None => return Ordering::Less,
+            Some((&b'/', tail)) => stored = tail,
+            Some((&other, _)) => return other.cmp(&b'/'),
         }
-        while requested.get(j) == Some(&b'/') {
-            j += 1;
-        }
-        match (i < stored.len(), j < requested.len()) {
-            (false, false) => return Ordering::Equal,
-            (false, true) => return Ordering::Less,
-            (true, false) => return Ordering::Greater,
-            (true, true) => {}
-        }
-        // Compare the two segments; a segment ends at `/` or at the end of its path.
-        loop {
-            let a = stored.get(i).copied().filter(|&b| b != b'/');
-            let b = requested.get(j).copied().filter(|&b| b != b'/').map(|b| b.to_ascii_lowercase());
-            match (a, b) {
-                (None, None) => break,
-                (a, b) if a == b => {
-                    i += 1;
-                    j += 1;
-                }
-                (a, b) => return a.cmp(&b),
+        for (&a, &b) in stored.iter().zip(segment) {
+            let b = b.to_ascii_lowercase();
+            if a != b {
+                return a.cmp(&b);
             }
         }
+        let Some(tail) = stored.get(segment.len()..) else { return Ordering::Less };
+        stored = tail;
+        requested = after;
     }
-    // `depth` segments are equal: a stored path with more orders after the request's prefix.
-    if stored.get(i..).unwrap_or_default().iter().any(|&b| b != b'/') { Ordering::Greater } else { Ordering::Equal }
+    if stored.is_empty() { Ordering::Equal } else { Ordering::Greater }
 }
 
 /// A leaf: a Robin Hood hash table with linear probing, whose slice length is its capacity.
@@ -424,9 +439,9 @@ impl RouteTable {
     }
 
     /// The slot holding `host`.
-    fn host(&self, host: &str) -> Option<(Hash, usize, &Slot)> {
+    fn host(&self, host: &[u8]) -> Option<(Hash, usize, &Slot)> {
         let hash = Hash::of(&self.hasher, host);
-        let (index, slot) = self.leaf(hash)?.find(hash.tag, |slot| slot.host() == host.as_bytes())?;
+        let (index, slot) = self.leaf(hash)?.find(hash.tag, |slot| slot.host() == host)?;
         Some((hash, index, slot))
     }
 
@@ -441,7 +456,7 @@ impl RouteTable {
 
     /// The pool registered at exactly `key`.
     pub fn get(&self, key: &RouteKey) -> Option<&Arc<Pool>> {
-        match self.host(key.host())?.2 {
+        match self.host(key.host().as_bytes())?.2 {
             Slot::Root { pool, .. } => key.path().is_empty().then_some(pool),
             Slot::Paths { routes, .. } => routes.find(key.path(), true),
             Slot::Empty => None,
@@ -451,9 +466,9 @@ impl RouteTable {
     /// Sets (`Some`) or removes (`None`) the pool at `key`. Returns the previous pool.
     pub fn set(&mut self, key: &RouteKey, pool: Option<Arc<Pool>>) -> Option<Arc<Pool>> {
         let (host, path) = (key.host(), key.path());
-        let (hash, existing) = match self.host(host) {
+        let (hash, existing) = match self.host(host.as_bytes()) {
             Some((hash, index, slot)) => (hash, Some((index, slot.clone()))),
-            None => (Hash::of(&self.hasher, host), None),
+            None => (Hash::of(&self.hasher, host.as_bytes()), None),
         };
         let mut routes = existing.as_ref().map(|(_, slot)| slot.routes()).unwrap_or_default();
         let adding = pool.is_some();
@@ -781,6 +796,32 @@ mod tests {
         assert_eq!(route(&t, "u.com", "/CAF\u{c9}"), None);
     }
 
+    #[test]
+    fn a_normal_request_path_is_compared_as_bytes_in_the_same_order() {
+        assert_eq!(survey("/a/b/c", 9), (3, true));
+        assert_eq!(survey("/a/b/", 9), (2, true));
+        assert_eq!(survey("/", 9), (0, true));
+        assert_eq!(survey("", 9), (0, true));
+        assert_eq!(survey("/a/b/c/d", 2), (2, true));
+        assert_eq!(survey("/a/B", 9), (2, false));
+        assert_eq!(survey("/a//b", 9), (2, false));
+        assert_eq!(survey("//a", 9), (1, false));
+        assert_eq!(survey("a/b", 9), (2, false));
+        assert_eq!(normal_prefix("/a/b/c", 2), b"/a/b");
+        assert_eq!(normal_prefix("/a/b/", 2), b"/a/b");
+        assert_eq!(normal_prefix("/a/b/c", 0), b"");
+        for stored in ["/a", "/ab", "/a-b", "/b", "/a/b", "/a/bc", "/a-b/c"] {
+            for requested in ["/a", "/ab", "/a-b", "/a/b", "/a/b/c", "/a-b/c/d", "/b", "/a/bb/x"] {
+                let depth = path_depth(stored).min(survey(requested, usize::MAX).0);
+                assert_eq!(
+                    stored.as_bytes().cmp(normal_prefix(requested, depth)),
+                    compare_path(stored, requested, depth),
+                    "{stored} against {requested} at depth {depth}"
+                );
+            }
+        }
+    }
+
     mod model {
         use super::*;
         use crate::reference::lookup as reference;
@@ -789,7 +830,9 @@ mod tests {
 
         const HOSTS: [&str; 7] = ["a.com", "b.a.com", "*.a.com", "c.b.a.com", "*.b.a.com", "x.com", "*.com"];
         const REQUEST_HOSTS: [&str; 8] = ["a.com", "b.a.com", "c.b.a.com", "d.b.a.com", "e.c.b.a.com", "x.com", "y.x.com", "z.org"];
-        const SEGMENTS: [&str; 3] = ["p", "q", "r"];
+        // Segments that are prefixes of one another, and `-` (which sorts before `/`), so the ordering the path
+        // search relies on is exercised.
+        const SEGMENTS: [&str; 5] = ["p", "q", "pq", "p-q", "r"];
 
         fn uri(host: usize, path: &[usize]) -> String {
             let mut uri = HOSTS[host].to_owned();
@@ -804,8 +847,10 @@ mod tests {
             (any::<bool>(), 0..HOSTS.len(), prop::collection::vec(0..SEGMENTS.len(), 0..3))
         }
 
-        fn request() -> impl Strategy<Value = (usize, Vec<(usize, bool)>)> {
-            (0..REQUEST_HOSTS.len(), prop::collection::vec((0..SEGMENTS.len(), any::<bool>()), 0..4))
+        /// A request host and path segments, each with whether it is upper-cased and whether an empty segment
+        /// (`//`) precedes it.
+        fn request() -> impl Strategy<Value = (usize, Vec<(usize, bool, bool)>)> {
+            (0..REQUEST_HOSTS.len(), prop::collection::vec((0..SEGMENTS.len(), any::<bool>(), any::<bool>()), 0..4))
         }
 
         proptest! {
@@ -828,9 +873,13 @@ mod tests {
                 for (host, segments) in requests {
                     let path: Vec<String> = segments
                         .iter()
-                        .map(|(s, upper)| if *upper { SEGMENTS[*s].to_uppercase() } else { SEGMENTS[*s].to_owned() })
+                        .map(|(s, upper, _)| if *upper { SEGMENTS[*s].to_uppercase() } else { SEGMENTS[*s].to_owned() })
                         .collect();
-                    let request_path = format!("/{}", path.join("/"));
+                    let request_path: String = segments
+                        .iter()
+                        .zip(&path)
+                        .map(|((_, _, empty_before), segment)| format!("{}/{segment}", if *empty_before { "/" } else { "" }))
+                        .collect();
                     let expected = reference(&routes, REQUEST_HOSTS[host], &path);
                     prop_assert_eq!(route(&table, REQUEST_HOSTS[host], &request_path), expected);
                 }
