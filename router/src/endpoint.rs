@@ -6,7 +6,7 @@
 //! registrations leave empty (SAN, route service, zone, tags) sit out of line and are absent when empty.
 //!
 //! The header values the proxy adds for an endpoint (`X-CF-ApplicationID`, `X-CF-InstanceIndex`,
-//! `X-CF-InstanceID`) are slices of that one text buffer, a reference-counted [`Bytes`], so a request gets them
+//! `X-CF-InstanceID`) are slices of that one text buffer, a reference-counted [`ByteString`], so a request gets them
 //! without allocating or copying, and an endpoint holds no second copy of its own text. The buffer's shared
 //! reference count is allocated on the first request (`Bytes` does that when a buffer is first shared), so an
 //! endpoint that never serves pays nothing for it. The values are checked when the registration arrives.
@@ -15,7 +15,7 @@
 //! `max_conns`), the time of the last failure (retries skip recent failures), and the time of the last
 //! registration (pruning, written only by the registry).
 
-use bytes::Bytes;
+use bytestring::ByteString;
 use http::HeaderValue;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -139,9 +139,8 @@ pub struct InstanceHeaders {
 #[derive(Debug)]
 pub struct Endpoint {
     upstream: UpstreamKey,
-    /// The identity (`host:port`), the private instance id, the app GUID and the instance index, one after another
-    /// (checked to be header values, so also UTF-8).
-    text: Bytes,
+    /// The identity (`host:port`), the private instance id, the app GUID and the instance index, one after another.
+    text: ByteString,
     /// Where the identity, the instance id and the app GUID end in `text`.
     ends: [u16; 3],
     /// The stale threshold in milliseconds (a TTL beyond 49 days is held as 49 days).
@@ -213,7 +212,7 @@ impl Endpoint {
         }
         Ok(Self {
             upstream,
-            text: Bytes::from(text),
+            text: ByteString::from(text),
             ends,
             ttl_ms: ttl_ms_of(registration, max_ttl),
             in_flight: AtomicU32::new(0),
@@ -249,7 +248,7 @@ impl Endpoint {
 
     /// The `index`th piece of `text`.
     fn part(&self, index: usize) -> &str {
-        self.text.get(self.range(index)).and_then(|bytes| std::str::from_utf8(bytes).ok()).unwrap_or_default()
+        self.text.get(self.range(index)).unwrap_or_default()
     }
 
     /// The header value of the `index`th piece of `text`, sharing its bytes; `None` when the piece is empty.
@@ -258,7 +257,7 @@ impl Endpoint {
         if range.is_empty() || range.end > self.text.len() {
             return None;
         }
-        HeaderValue::from_maybe_shared(self.text.slice(range)).ok()
+        HeaderValue::from_maybe_shared(self.text.as_bytes().slice(range)).ok()
     }
 
     /// `host:port` as registered.
