@@ -10,7 +10,6 @@ use hyper::Request;
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use switchyard_runtime::status::{self, BasicAuth, StatusHandler, StatusResponse};
@@ -78,8 +77,27 @@ struct EndpointView<'a> {
     isolation_segment: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     availability_zone: &'a str,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    tags: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    tags: Tags<'a>,
+}
+
+/// An endpoint's tags, shown as the JSON object they were registered as.
+struct Tags<'a>(&'a [(String, String)]);
+
+impl Tags<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Tags<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 struct PoolView<'a>(&'a Pool);
@@ -99,7 +117,7 @@ impl Serialize for PoolView<'_> {
                 route_service_url: &details.route_service_url,
                 isolation_segment: &details.isolation_segment,
                 availability_zone: &details.availability_zone,
-                tags: &details.tags,
+                tags: Tags(&details.tags),
             })?;
         }
         seq.end()
