@@ -22,10 +22,11 @@
 //! miss) ends as soon as the probe passes where the key would be, without touching any key. A hit is confirmed
 //! against the key of the pool itself (for a host with only a root route, by far the most common case; a key of
 //! up to 45 bytes lives inside the pool, so this reads no further memory) or of the host's route list, so the host
-//! is stored once. A host with context paths keeps its paths in one buffer, grouped by depth and sorted within a
-//! group, so the longest match is a binary search per route depth present, deepest first. A request path already in
-//! normal form (lower case, no empty segment: the usual case) is compared with the stored paths as bytes; any other
-//! is compared segment by segment, case-insensitively, in the same order. Neither allocates.
+//! is stored once. A host with context paths keeps its name and its routes in one allocation, the routes grouped
+//! by depth and sorted within a group, so finding the longest match reads that one block and binary-searches each
+//! route depth present, deepest first. A request path already in normal form (lower case, no empty segment: the
+//! usual case) is compared with the stored paths as bytes; any other is compared segment by segment,
+//! case-insensitively, in the same order. Neither allocates.
 
 use crate::pool::Pool;
 use crate::route_key::{RequestHost, RouteKey};
@@ -33,6 +34,8 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use compact_str::CompactString;
+use triomphe::ThinArc;
 
 /// Chunks under the root, and leaves under a chunk.
 const FAN_OUT: usize = 64;
@@ -76,7 +79,7 @@ enum Slot {
     /// A host whose only route is at its root: the pool, whose key is the host.
     Root { tag: u32, pool: Arc<Pool> },
     /// A host with context paths (and maybe a root route).
-    Paths { tag: u32, routes: Arc<HostRoutes> },
+    Paths { tag: u32, routes: HostRoutes },
 }
 
 impl Slot {
@@ -101,7 +104,7 @@ impl Slot {
         match routes.as_slice() {
             [] => None,
             [("", _)] => routes.pop().map(|(_, pool)| Self::Root { tag, pool }),
-            _ => Some(Self::Paths { tag, routes: Arc::new(HostRoutes::new(host, routes)) }),
+            _ => Some(Self::Paths { tag, routes: HostRoutes::new(host, routes) }),
         }
     }
 
@@ -118,25 +121,21 @@ impl Slot {
         match self {
             Self::Empty => {}
             Self::Root { pool, .. } => visit(pool),
-            Self::Paths { routes, .. } => routes.routes.iter().for_each(|route| visit(&route.pool)),
+            Self::Paths { routes, .. } => routes.routes().iter().for_each(|route| visit(&route.pool)),
         }
     }
 }
 
-/// The routes of a host with context paths.
-#[derive(Debug)]
-struct HostRoutes {
-    /// The host, then each route's context path (`""` for the root route), in `routes` order.
-    text: Box<str>,
-    host_len: usize,
-    /// Deepest first; within a depth, in byte order (which is how [`compare_path`] orders them).
-    routes: Box<[PathRoute]>,
-}
+/// The routes of a host with context paths: the host, then its routes, in one allocation, so a lookup that finds
+/// the host's slot reads one more block of memory, not a chain of them. Hosts and paths up to 24 bytes are held
+/// inline (longer ones take an allocation each).
+#[derive(Debug, Clone)]
+struct HostRoutes(ThinArc<CompactString, PathRoute>);
 
 #[derive(Debug)]
 struct PathRoute {
-    /// Where this route's path ends in `text`; it starts where the previous one ends.
-    end: usize,
+    /// The context path (`""` for the root route).
+    path: CompactString,
     /// Segments in the path.
     depth: usize,
     pool: Arc<Pool>,
@@ -144,45 +143,45 @@ struct PathRoute {
 
 impl HostRoutes {
     fn new(host: &str, mut routes: Vec<(&str, Arc<Pool>)>) -> Self {
+        // Deepest first; within a depth, in byte order (which is how [`compare_path`] orders them).
         routes.sort_by(|(a, _), (b, _)| path_depth(b).cmp(&path_depth(a)).then_with(|| a.cmp(b)));
-        let mut text = String::with_capacity(host.len() + routes.iter().map(|(path, _)| path.len()).sum::<usize>());
-        text.push_str(host);
-        let routes = routes
-            .into_iter()
-            .map(|(path, pool)| {
-                text.push_str(path);
-                PathRoute { end: text.len(), depth: path_depth(path), pool }
-            })
-            .collect();
-        Self { text: text.into_boxed_str(), host_len: host.len(), routes }
+        let routes = routes.into_iter().map(|(path, pool)| PathRoute {
+            path: CompactString::from(path),
+            depth: path_depth(path),
+            pool,
+        });
+        Self(ThinArc::from_header_and_iter(CompactString::from(host), routes))
     }
 
     fn host(&self) -> &[u8] {
-        self.text.as_bytes().get(..self.host_len).unwrap_or_default()
+        self.0.header.header.as_bytes()
+    }
+
+    fn routes(&self) -> &[PathRoute] {
+        &self.0.slice
     }
 
     fn path(&self, index: usize) -> &str {
-        let start = index.checked_sub(1).and_then(|previous| self.routes.get(previous)).map_or(self.host_len, |r| r.end);
-        let end = self.routes.get(index).map_or(start, |r| r.end);
-        self.text.get(start..end).unwrap_or_default()
+        self.routes().get(index).map_or("", |route| route.path.as_str())
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Pool>)> {
-        self.routes.iter().enumerate().map(|(index, route)| (self.path(index), &route.pool))
+        self.routes().iter().map(|route| (route.path.as_str(), &route.pool))
     }
 
     /// The route whose path is the longest whole-segment prefix of `path`, or (when `exact`) equal to it.
     fn find(&self, path: &str, exact: bool) -> Option<&Arc<Pool>> {
-        let deepest = self.routes.first()?.depth;
+        let routes = self.routes();
+        let deepest = routes.first()?.depth;
         // Counting one segment past the deepest route is enough to know the request is deeper than all of them.
         let (requested, normal) = survey(path, deepest.saturating_add(1));
         // The first group a request this deep can match; then each shallower group, deepest first.
-        let mut start = self.routes.partition_point(|route| route.depth > requested);
-        while let Some(depth) = self.routes.get(start).map(|route| route.depth) {
+        let mut start = routes.partition_point(|route| route.depth > requested);
+        while let Some(depth) = routes.get(start).map(|route| route.depth) {
             if exact && depth != requested {
                 return None;
             }
-            let end = self.routes.partition_point(|route| route.depth >= depth);
+            let end = routes.partition_point(|route| route.depth >= depth);
             // A request already in normal form (the usual case) is compared as bytes; anything else segment by
             // segment. Both order as the normal form would.
             let prefix = normal.then(|| normal_prefix(path, depth));
@@ -196,7 +195,7 @@ impl HostRoutes {
                 match order(self.path(middle)) {
                     Ordering::Less => low = middle + 1,
                     Ordering::Greater => high = middle,
-                    Ordering::Equal => return self.routes.get(middle).map(|route| &route.pool),
+                    Ordering::Equal => return routes.get(middle).map(|route| &route.pool),
                 }
             }
             start = end;
