@@ -31,6 +31,13 @@ install_packages() {
         || die "could not install ${*}; install them by hand with apt-get"
 }
 
+# ensure_vm_packages installs what the IPVS test's QEMU guest is built from (tests/vm): scripts/test runs that
+# test, and a full scripts/bench times the IPVS dataplane in it.
+ensure_vm_packages() {
+    ensure_packages qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod strip:binutils \
+        /usr/sbin/ipvsadm:ipvsadm /bin/busybox:busybox-static
+}
+
 ensure_rust() {
     command -v cargo >/dev/null 2>&1 || die "cargo is not installed; install a Rust toolchain (https://rustup.rs)"
 }

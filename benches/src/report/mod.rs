@@ -353,7 +353,7 @@ pub fn render(inputs: &Inputs) -> String {
                  route, counted by a counting global allocator (allocator overhead not included).\n\n\
                  | registrations carry | bytes per route |\n|---|---:|\n\
                  | host, port, uri | {:.0} |\n\
-                 | host, port, uri, once every endpoint has served a request and built the header values it adds | {:.0} |\n\
+                 | host, port, uri, once every endpoint has served a request (its text is then shared with the header values it adds) | {:.0} |\n\
                  | host, port, uri, app GUID, instance GUID, index, a tag (as Cloud Foundry's emitters send) | {:.0} |\n\n\
                  Building the {} minimal routes took {:.2} s.\n",
                 number(m.routes as f64),
