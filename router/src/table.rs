@@ -30,11 +30,11 @@
 
 use crate::pool::Pool;
 use crate::route_key::{RequestHost, RouteKey};
+use compact_str::CompactString;
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use compact_str::CompactString;
 use triomphe::ThinArc;
 
 /// Chunks under the root, and leaves under a chunk.
