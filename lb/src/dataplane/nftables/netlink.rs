@@ -13,11 +13,16 @@
 //!
 //! Reading ([`NftSocket::list_table`]) dumps the table's chains, sets, elements and rules. A VIP's rule is intact
 //! when its expressions, less the attributes the kernel reports at their defaults, are those `lb` would write
-//! ([`expected_expressions`]): the same test `nft -j list` output gets, at a fraction of the cost.
+//! ([`expected_expressions`]): the same test `nft -j list` output gets, at a fraction of the cost. The socket only
+//! moves bytes: framing and decoding the answers ([`messages`], [`rule_of`], [`set_elements_of`],
+//! [`generation_of`]) are pure functions over what the kernel sent, which may include rules another tool wrote, so
+//! they are fuzzed without a kernel (`fuzz/fuzz_targets/nft_decode.rs`). Messages and attributes are framed by
+//! `netlink-packet-core`, as in the IPVS codec.
 
 use super::ruleset::{Selector, SlotRange, VipRule};
 use crate::dataplane::DataplaneError;
 use crate::model::{DestinationKey, Protocol, ServiceKey};
+use netlink_packet_core::{NetlinkBuffer, NlasIterator};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
@@ -59,6 +64,10 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
+/// Bytes before a message's body, an attribute's value, and an nf_tables message's attributes (`struct nfgenmsg`).
+const NETLINK_HEADER_LEN: usize = 16;
+const NLA_HEADER: usize = 4;
+const NFGENMSG_LEN: usize = 4;
 
 // Attribute numbers, from linux/netfilter/nf_tables.h.
 const NFTA_LIST_ELEM: u16 = 1;
@@ -612,30 +621,20 @@ impl NftSocket {
                 let mut buffer = &mut self.incoming[..];
                 self.socket.recv(&mut buffer, 0).map_err(|e| io("await the verdict on", e))?
             };
-            let mut offset = 0;
             let received = self.incoming.get(..length.min(self.incoming.len())).unwrap_or_default();
-            while let (Some(message_length), Some(kind), Some(sequence)) = (read::<4>(received, offset), read::<2>(received, offset + 4), read::<4>(received, offset + 8)) {
-                let message_length = u32::from_ne_bytes(message_length) as usize;
-                let kind = u16::from_ne_bytes(kind);
-                let sequence = u32::from_ne_bytes(sequence);
-                if message_length < 16 {
-                    break;
-                }
-                let ours = sequence.wrapping_sub(batch.first_sequence) <= acknowledged.wrapping_sub(batch.first_sequence);
-                if kind == NLMSG_ERROR && ours && let Some(error) = read::<4>(received, offset + 16) {
-                    let errno = -i32::from_ne_bytes(error);
-                    if errno != 0 {
+            for message in messages(received) {
+                let ours = message.sequence.wrapping_sub(batch.first_sequence) <= acknowledged.wrapping_sub(batch.first_sequence);
+                match message.errno() {
+                    Some(errno) if ours && errno != 0 => {
                         return Err(DataplaneError::Kernel {
-                            operation: batch.describe(sequence).to_owned(),
+                            operation: batch.describe(message.sequence).to_owned(),
                             detail: std::io::Error::from_raw_os_error(errno).to_string(),
                             retryable: true,
                         });
                     }
-                    if sequence == acknowledged {
-                        return Ok(());
-                    }
+                    Some(_) if ours && message.sequence == acknowledged => return Ok(()),
+                    _ => {}
                 }
-                offset += (message_length + 3) & !3;
             }
         }
     }
@@ -681,24 +680,17 @@ pub struct RawTable {
     pub rules: Vec<RawRule>,
 }
 
-/// The attributes in `data`: type (flags stripped) and payload.
-fn attributes(data: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while let (Some(length), Some(kind)) = (read::<2>(data, offset), read::<2>(data, offset + 2)) {
-        let length = usize::from(u16::from_ne_bytes(length));
-        let Some(payload) = data.get(offset + 4..offset + length.max(4)) else { break };
-        if length < 4 {
-            break;
-        }
-        out.push((u16::from_ne_bytes(kind) & !NLA_F_NESTED, payload));
-        offset += (length + 3) & !3;
-    }
-    out
+/// The attributes in `data`: type (flags stripped) and payload. A malformed attribute ends the list: what follows
+/// it cannot be framed.
+fn attributes(data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    NlasIterator::new(data).map_while(Result::ok).filter_map(|nla| {
+        let (kind, length) = (nla.kind(), usize::from(nla.length()));
+        nla.into_inner().get(NLA_HEADER..length).map(|value| (kind, value))
+    })
 }
 
 fn attribute(data: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(data).into_iter().find(|(k, _)| *k == kind).map(|(_, v)| v)
+    attributes(data).find(|(k, _)| *k == kind).map(|(_, v)| v)
 }
 
 fn string_of(bytes: &[u8]) -> String {
@@ -713,14 +705,12 @@ fn u32_of(bytes: &[u8]) -> Option<u32> {
 /// reports at their default values (so a rule read back compares equal to the one written).
 fn expressions(data: &[u8]) -> Vec<Expression> {
     attributes(data)
-        .into_iter()
         .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
         .map(|(_, element)| {
             let name = attribute(element, NFTA_EXPR_NAME).map(string_of).unwrap_or_default();
             let mut fields: Vec<(u16, Vec<u8>)> = attribute(element, NFTA_EXPR_DATA)
-                .map(attributes)
-                .unwrap_or_default()
                 .into_iter()
+                .flat_map(attributes)
                 .map(|(kind, value)| (kind, value.to_vec()))
                 .collect();
             let get = |fields: &[(u16, Vec<u8>)], kind: u16| fields.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.clone());
@@ -753,6 +743,97 @@ pub(super) fn expected_expressions(key: &ServiceKey, rule: &VipRule) -> Vec<Expr
     expressions(&scratch.buffer)
 }
 
+/// One netlink message of an answer from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// Message type: `NLMSG_ERROR`, `NLMSG_DONE`, or the subsystem and nf_tables message.
+    pub kind: u16,
+    /// Netlink flags (`NLM_F_DUMP_INTR`, ...).
+    pub flags: u16,
+    /// The sequence number of the request it answers.
+    pub sequence: u32,
+    /// What follows the netlink header.
+    pub body: &'a [u8],
+}
+
+impl Message<'_> {
+    /// What an `NLMSG_ERROR` message reports: 0 acknowledges the request, anything else is the (positive) errno
+    /// of its refusal. The kernel sends the errno negated; a message too short to carry one, or carrying a positive
+    /// code, reports `EPROTO`. `None` for any other message.
+    pub fn errno(&self) -> Option<i32> {
+        (self.kind == NLMSG_ERROR).then(|| {
+            read::<4>(self.body, 0)
+                .map(i32::from_ne_bytes)
+                .filter(|code| *code <= 0)
+                .and_then(i32::checked_neg)
+                .unwrap_or(nix::libc::EPROTO)
+        })
+    }
+}
+
+/// The messages of a datagram, in order. A malformed message ends the walk: what follows it cannot be framed.
+pub fn messages(datagram: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    let mut rest = datagram;
+    std::iter::from_fn(move || {
+        let framed = NetlinkBuffer::new_checked(rest).ok()?;
+        let length = usize::try_from(framed.length()).ok()?;
+        let message = Message {
+            kind: framed.message_type(),
+            flags: framed.flags(),
+            sequence: framed.sequence_number(),
+            body: rest.get(NETLINK_HEADER_LEN..length)?,
+        };
+        // Messages start on 4-byte boundaries; the last one may end the datagram unpadded.
+        rest = rest.get(length.next_multiple_of(4)..).unwrap_or_default();
+        Some(message)
+    })
+}
+
+/// The ruleset generation an `NFT_MSG_GETGEN` answer reports.
+pub fn generation_of(answer: &[u8]) -> Option<u32> {
+    attribute(answer, NFTA_GEN_ID).and_then(u32_of)
+}
+
+/// The elements one `NFT_MSG_GETSETELEM` answer carries.
+pub fn set_elements_of(answer: &[u8]) -> Vec<RawElement> {
+    let Some(list) = attribute(answer, NFTA_SET_ELEM_LIST_ELEMENTS) else { return Vec::new() };
+    attributes(list)
+        .map(|(_, element)| {
+            let value = |kind: u16| attribute(element, kind).and_then(|nested| attribute(nested, NFTA_DATA_VALUE)).map(<[u8]>::to_vec);
+            let verdict = attribute(element, NFTA_SET_ELEM_DATA).and_then(|data| attribute(data, NFTA_DATA_VERDICT));
+            let goto = verdict
+                .filter(|v| attribute(v, NFTA_VERDICT_CODE).and_then(u32_of) == Some(NFT_GOTO.cast_unsigned()))
+                .and_then(|v| attribute(v, NFTA_VERDICT_CHAIN))
+                .map(string_of);
+            RawElement { key: value(NFTA_SET_ELEM_KEY).unwrap_or_default(), key_end: value(NFTA_SET_ELEM_KEY_END), data: value(NFTA_SET_ELEM_DATA), goto }
+        })
+        .collect()
+}
+
+/// The rule an `NFT_MSG_GETRULE` answer carries, if it is one of `table`'s.
+pub fn rule_of(answer: &[u8], table: &str) -> Option<RawRule> {
+    if attribute(answer, NFTA_RULE_TABLE).map(string_of).as_deref() != Some(table) {
+        return None;
+    }
+    let comment = attribute(answer, NFTA_RULE_USERDATA).and_then(|userdata| {
+        // nftnl user data: TLVs of type, length, value; the comment is type 0.
+        let mut rest = userdata;
+        while let [kind, length, tail @ ..] = rest {
+            let value = tail.get(..usize::from(*length))?;
+            if *kind == 0 {
+                return Some(string_of(value));
+            }
+            rest = tail.get(usize::from(*length)..)?;
+        }
+        None
+    });
+    Some(RawRule {
+        chain: attribute(answer, NFTA_RULE_CHAIN).map(string_of).unwrap_or_default(),
+        comment,
+        expressions: attribute(answer, NFTA_RULE_EXPRESSIONS).map(expressions).unwrap_or_default(),
+    })
+}
+
 impl NftSocket {
     /// Sends one dump request and collects the payload (after the nfgenmsg header) of every answer.
     fn dump(&mut self, kind: u16, build: impl FnOnce(&mut Batch)) -> Result<Vec<Vec<u8>>, DataplaneError> {
@@ -781,25 +862,13 @@ impl NftSocket {
                 return Err(io(std::io::Error::other("a dump message did not fit the receive buffer")));
             }
             let received = self.incoming.get(..length).unwrap_or_default();
-            let mut offset = 0;
-            while let (Some(message_length), Some(kind), Some(message_flags), Some(seq)) =
-                (read::<4>(received, offset), read::<2>(received, offset + 4), read::<2>(received, offset + 6), read::<4>(received, offset + 8))
-            {
-                let message_length = u32::from_ne_bytes(message_length) as usize;
-                if message_length < 16 {
-                    break;
-                }
-                let body = received.get(offset + 16..offset + message_length).unwrap_or_default();
-                offset += (message_length + 3) & !3;
-                if u32::from_ne_bytes(seq) != sequence {
-                    continue;
-                }
-                interrupted |= u16::from_ne_bytes(message_flags) & NLM_F_DUMP_INTR != 0;
-                let errno = match u16::from_ne_bytes(kind) {
-                    NLMSG_DONE => 0,
-                    NLMSG_ERROR => -i32::from_ne_bytes(read::<4>(body, 0).unwrap_or_default()),
+            for message in messages(received).filter(|message| message.sequence == sequence) {
+                interrupted |= message.flags & NLM_F_DUMP_INTR != 0;
+                let errno = match (message.kind, message.errno()) {
+                    (NLMSG_DONE, _) => 0,
+                    (_, Some(errno)) => errno,
                     _ => {
-                        answers.push(body.get(4..).unwrap_or_default().to_vec());
+                        answers.push(message.body.get(NFGENMSG_LEN..).unwrap_or_default().to_vec());
                         continue;
                     }
                 };
@@ -814,7 +883,7 @@ impl NftSocket {
                     });
                 }
                 // A dump ends with DONE; a plain request with its acknowledgement, but a dump may be acknowledged too.
-                if kind != NLMSG_ERROR.to_ne_bytes() || flags & NLM_F_DUMP == 0 {
+                if message.kind != NLMSG_ERROR || flags & NLM_F_DUMP == 0 {
                     return Ok(answers);
                 }
             }
@@ -824,7 +893,7 @@ impl NftSocket {
     /// The ruleset's generation: it changes with every committed transaction.
     fn generation(&mut self) -> Result<Option<u32>, DataplaneError> {
         let answers = self.ask(NFT_MSG_GETGEN, 0, |_| {})?;
-        Ok(answers.iter().find_map(|answer| attribute(answer, NFTA_GEN_ID).and_then(u32_of)))
+        Ok(answers.iter().find_map(|answer| generation_of(answer)))
     }
 
     /// Reads `table` (family inet) over netlink; `None` if it does not exist. The table is read in several dumps,
@@ -870,39 +939,12 @@ impl NftSocket {
                 b.string(NFTA_SET_ELEM_LIST_TABLE, table);
                 b.string(NFTA_SET_ELEM_LIST_SET, &set);
             })? {
-                for (_, element) in attribute(&answer, NFTA_SET_ELEM_LIST_ELEMENTS).map(attributes).unwrap_or_default() {
-                    let value = |kind: u16| attribute(element, kind).and_then(|nested| attribute(nested, NFTA_DATA_VALUE)).map(<[u8]>::to_vec);
-                    let verdict = attribute(element, NFTA_SET_ELEM_DATA).and_then(|data| attribute(data, NFTA_DATA_VERDICT));
-                    let goto = verdict
-                        .filter(|v| attribute(v, NFTA_VERDICT_CODE).and_then(u32_of) == Some(NFT_GOTO.cast_unsigned()))
-                        .and_then(|v| attribute(v, NFTA_VERDICT_CHAIN))
-                        .map(string_of);
-                    elements.push(RawElement { key: value(NFTA_SET_ELEM_KEY).unwrap_or_default(), key_end: value(NFTA_SET_ELEM_KEY_END), data: value(NFTA_SET_ELEM_DATA), goto });
-                }
+                elements.extend(set_elements_of(&answer));
             }
             raw.sets.insert(set, elements);
         }
         for rule in self.dump(NFT_MSG_GETRULE, |b| b.string(NFTA_RULE_TABLE, table))? {
-            if attribute(&rule, NFTA_RULE_TABLE).map(string_of).as_deref() != Some(table) {
-                continue;
-            }
-            let comment = attribute(&rule, NFTA_RULE_USERDATA).and_then(|userdata| {
-                // nftnl user data: TLVs of type, length, value; the comment is type 0.
-                let mut rest = userdata;
-                while let [kind, length, tail @ ..] = rest {
-                    let value = tail.get(..usize::from(*length))?;
-                    if *kind == 0 {
-                        return Some(string_of(value));
-                    }
-                    rest = tail.get(usize::from(*length)..)?;
-                }
-                None
-            });
-            raw.rules.push(RawRule {
-                chain: attribute(&rule, NFTA_RULE_CHAIN).map(string_of).unwrap_or_default(),
-                comment,
-                expressions: attribute(&rule, NFTA_RULE_EXPRESSIONS).map(expressions).unwrap_or_default(),
-            });
+            raw.rules.extend(rule_of(&rule, table));
         }
         Ok(Some(raw))
     }
@@ -957,6 +999,68 @@ mod tests {
         let at = flagged.len() - 4;
         flagged[at..].copy_from_slice(&7u32.to_be_bytes());
         assert_ne!(expressions(&flagged), expected_expressions(&key, &rule));
+    }
+
+    /// The bodies (after nfgenmsg) of a batch's messages, as a dump would carry the same objects.
+    fn bodies(batch: &Batch) -> Vec<Vec<u8>> {
+        messages(&batch.buffer).map(|message| message.body.get(NFGENMSG_LEN..).unwrap_or_default().to_vec()).collect()
+    }
+
+    #[test]
+    fn rules_and_elements_read_back_as_written() {
+        let key = ServiceKey { address: "198.18.16.2".parse().unwrap(), port: 80, protocol: Protocol::Udp };
+        let rule = VipRule::Dnat { mark: None, selector: Selector::Rotate, slots: 6, map: "backends4_udp".to_owned() };
+        let backend = DestinationKey { address: "198.19.200.1".parse().unwrap(), port: 10000 };
+        let range = SlotRange { first: 2, last: 5, backend };
+        let mut batch = Batch::new("switchyard", 1);
+        batch.add_rule("svc4", &key, &rule, "vip 198.18.16.2");
+        batch.service_elements("services4", &[(key, Some("svc4".to_owned())), (key, None)], true);
+        batch.slot_elements("backends4_udp", &[SlotElement { key, range }], true);
+        // Batch begin, the three changes, and nothing else yet (the batch is not finished).
+        let bodies = bodies(&batch);
+        assert_eq!(bodies.len(), 4);
+        let read = rule_of(&bodies[1], "switchyard").unwrap();
+        assert_eq!((read.chain.as_str(), read.comment.as_deref()), ("svc4", Some("vip 198.18.16.2")));
+        assert_eq!(read.expressions, expected_expressions(&key, &rule));
+        assert!(rule_of(&bodies[1], "other").is_none());
+        let services = set_elements_of(&bodies[2]);
+        assert_eq!(services.len(), 2);
+        assert_eq!((services[0].key.clone(), services[0].goto.as_deref()), (service_key(&key), Some("svc4")));
+        assert_eq!(services[1].goto, None);
+        let slots = set_elements_of(&bodies[3]);
+        assert_eq!(slots.len(), 1);
+        assert_eq!(slots[0].key, slot_key(&key, 2));
+        assert_eq!(slots[0].key_end, Some(slot_key(&key, 5)));
+        assert_eq!(slots[0].data, Some(backend_value(&backend)));
+    }
+
+    /// A netlink message of `kind` for `sequence` with `body`, padded to 4 bytes.
+    fn message(kind: u16, sequence: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = u32::try_from(NETLINK_HEADER_LEN + body.len()).unwrap().to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&0u16.to_ne_bytes());
+        bytes.extend_from_slice(&sequence.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(body);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        bytes
+    }
+
+    #[test]
+    fn an_answer_frames_into_messages_and_errors_read_as_errnos() {
+        let mut datagram = message(NLMSG_ERROR, 7, &(-1i32).to_ne_bytes());
+        datagram.extend(message(NLMSG_ERROR, 8, &0i32.to_ne_bytes()));
+        datagram.extend(message(NLMSG_ERROR, 9, &i32::MIN.to_ne_bytes()));
+        datagram.extend(message(NLMSG_ERROR, 10, &5i32.to_ne_bytes()));
+        datagram.extend(message(NLMSG_ERROR, 11, &[1]));
+        datagram.extend(message(NLMSG_DONE, 12, &[]));
+        let framed: Vec<_> = messages(&datagram).map(|m| (m.sequence, m.errno())).collect();
+        let eproto = Some(nix::libc::EPROTO);
+        assert_eq!(framed, [(7, Some(1)), (8, Some(0)), (9, eproto), (10, eproto), (11, eproto), (12, None)]);
+        // A message longer than what is left ends the walk, and nothing before it is lost.
+        let mut truncated = message(NLMSG_DONE, 1, &[]);
+        truncated.extend(&message(NLMSG_DONE, 2, &[0; 8])[..20]);
+        assert_eq!(messages(&truncated).map(|m| m.sequence).collect::<Vec<_>>(), [1]);
     }
 
     #[test]
