@@ -66,16 +66,18 @@ pub struct Totals {
     pub router_time: Duration,
 }
 
-/// Whether a byte must be escaped or replaced inside a quoted field.
-fn needs_care(b: u8) -> bool {
-    matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f)
+/// Whether any byte must be escaped or replaced inside a quoted field. Every byte is looked at, with no early exit
+/// and no branch, so the compiler compares a vector of bytes at a time: almost no value needs care, so the whole
+/// value is scanned anyway.
+fn needs_care(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |care, &b| care | (b == b'"') | (b == b'\\') | (b < 0x20) | (b == 0x7f))
 }
 
 fn push_quoted(out: &mut Vec<u8>, value: Option<&[u8]>) {
     out.push(b'"');
     match value {
         // Almost every value is plain text: copy it whole.
-        Some(bytes) if !bytes.is_empty() && !bytes.iter().copied().any(needs_care) => out.extend_from_slice(bytes),
+        Some(bytes) if !bytes.is_empty() && !needs_care(bytes) => out.extend_from_slice(bytes),
         Some(bytes) if !bytes.is_empty() => {
             for &b in bytes {
                 match b {
@@ -337,6 +339,20 @@ mod tests {
              x_forwarded_proto:\"http\" vcap_request_id:\"abc\" response_time:0.001500 gorouter_time:0.001500 \
              app_id:\"-\" app_index:\"-\" instance_id:\"-\" x_cf_routererror:\"unknown_route\"\n"
         );
+    }
+
+    #[test]
+    fn quoted_fields_escape_quotes_and_backslashes_and_hide_control_bytes() {
+        let quoted = |value: &[u8]| {
+            let mut out = Vec::new();
+            push_quoted(&mut out, Some(value));
+            out
+        };
+        assert_eq!(quoted(b"plain text, long enough to span more than one vector of bytes"), b"\"plain text, long enough to span more than one vector of bytes\"");
+        assert_eq!(quoted(b"a\\b\"c"), b"\"a\\\\b\\\"c\"");
+        assert_eq!(quoted(b"tab\there, bell\x07, del\x7f, newline at the end of a long value\n"), b"\"tab?here, bell?, del?, newline at the end of a long value?\"");
+        assert_eq!(quoted(b""), b"\"-\"");
+        assert_eq!(quoted("caf\u{e9}".as_bytes()), "\"caf\u{e9}\"".as_bytes());
     }
 
     #[test]
