@@ -44,6 +44,9 @@ pub struct SaturationRun {
     pub requests_per_second: f64,
     /// Proxy CPU microseconds per request (none for `direct`).
     pub cpu_us_per_request: Option<f64>,
+    /// Of which in the kernel (system time); absent in results written before it was measured.
+    #[serde(default)]
+    pub system_us_per_request: Option<f64>,
     /// Proxy resident memory after the run, bytes (none for `direct`).
     pub rss_bytes: Option<u64>,
 }

@@ -168,11 +168,11 @@ async fn measure(cli: &Cli, router: &Path, dir: &Path, count: usize) -> Result<O
     let names = Arc::new(sites.into_iter().map(|s| s.name).collect::<Vec<_>>());
     let client = client_config(&ca)?;
     run(ssl_port, Arc::clone(&names), Arc::clone(&client), 200, cli.concurrency).await?;
-    let cpu_before = procstat::cpu_seconds(process.pid()).map_err(|e| failed("router CPU time", e))?;
+    let cpu_before = procstat::cpu_time(process.pid()).map_err(|e| failed("router CPU time", e))?.total();
     let started = Instant::now();
     let latencies = run(ssl_port, names, client, cli.handshakes, cli.concurrency).await?;
     let wall = started.elapsed().as_secs_f64();
-    let cpu_after = procstat::cpu_seconds(process.pid()).map_err(|e| failed("router CPU time", e))?;
+    let cpu_after = procstat::cpu_time(process.pid()).map_err(|e| failed("router CPU time", e))?.total();
     process.ensure_running()?;
     let handshakes = latencies.len();
     Ok(Outcome {

@@ -13,6 +13,7 @@ use crate::error::{BenchError, Result};
 use crate::load::Load;
 use crate::nats::Nats;
 use crate::process::{Spawned, free_port, pinned, wait_for_port};
+use crate::procstat::CpuTime;
 use crate::results::{LatencyRun, Logging, Peers, SaturationRun};
 use crate::stats::median;
 use std::net::SocketAddr;
@@ -207,12 +208,12 @@ fn saturate(plan: &Plan, target: &mut Running, logging: Logging, round: u32) -> 
         load(plan, target, plan.warmup).saturate().map_err(what)?;
     }
     target.ensure_running()?;
-    let cpu_before = target.cpu_seconds()?;
+    let cpu_before = target.cpu_time()?;
     let measured = load(plan, target, plan.saturation).saturate().map_err(what)?;
-    let cpu_after = target.cpu_seconds()?;
+    let cpu_after = target.cpu_time()?;
     target.ensure_running()?;
-    let cpu_us_per_request = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) => Some((after - before) * 1e6 / measured.requests as f64),
+    let per_request = |seconds: fn(CpuTime) -> f64| match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some((seconds(after) - seconds(before)) * 1e6 / measured.requests as f64),
         _ => None,
     };
     Ok(SaturationRun {
@@ -220,7 +221,8 @@ fn saturate(plan: &Plan, target: &mut Running, logging: Logging, round: u32) -> 
         logging,
         round,
         requests_per_second: measured.requests_per_second,
-        cpu_us_per_request,
+        cpu_us_per_request: per_request(CpuTime::total),
+        system_us_per_request: per_request(|cpu| cpu.system),
         rss_bytes: target.rss_bytes(),
     })
 }
@@ -252,6 +254,9 @@ fn describe_saturation(run: &SaturationRun) -> String {
     let mut text = format!("{:.0} req/s", run.requests_per_second);
     if let Some(cpu) = run.cpu_us_per_request {
         text.push_str(&format!(", {cpu:.1} µs CPU/req"));
+    }
+    if let Some(system) = run.system_us_per_request {
+        text.push_str(&format!(" ({system:.1} system)"));
     }
     if let Some(rss) = run.rss_bytes {
         text.push_str(&format!(", RSS {:.1} MiB", rss as f64 / 1048576.0));

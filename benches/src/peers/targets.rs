@@ -89,8 +89,8 @@ impl Running {
     }
 
     /// CPU seconds used so far by the measured process.
-    pub fn cpu_seconds(&self) -> Result<Option<f64>> {
-        self.measured_pid.map(procstat::cpu_seconds).transpose().map_err(|source| BenchError::File { path: PathBuf::from("/proc"), source })
+    pub fn cpu_time(&self) -> Result<Option<procstat::CpuTime>> {
+        self.measured_pid.map(procstat::cpu_time).transpose().map_err(|source| BenchError::File { path: PathBuf::from("/proc"), source })
     }
 
     /// Resident memory of the measured process.
