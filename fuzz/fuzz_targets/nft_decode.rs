@@ -42,6 +42,7 @@ fn decode_as_every_answer(answer: &[u8]) {
         assert!(sizes.iter().all(|size| *size <= answer.len()), "an element is bigger than its answer");
     }
     if let Some(rule) = netlink::rule_of(answer, TABLE) {
+        assert!(netlink::rule_of(answer, "another").is_none(), "a rule is reported as one of two tables'");
         assert!(rule.chain.len() <= answer.len().saturating_mul(3), "a rule's chain outgrew its answer");
         assert!(rule.expressions.len() <= answer.len() / 4, "more expressions than the answer has room for");
     }
