@@ -119,8 +119,7 @@ impl EndpointDetails {
             && self.route_service_url == registration.route_service_url
             && self.isolation_segment == registration.isolation_segment
             && self.availability_zone == registration.availability_zone
-            && self.tags.len() == registration.tags.len()
-            && self.tags.iter().zip(&registration.tags).all(|((a, b), (c, d))| a == c && b == d)
+            && self.tags.iter().map(|(name, value)| (name, value)).eq(&registration.tags)
     }
 }
 
