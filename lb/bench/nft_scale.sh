@@ -5,7 +5,8 @@
 #   lb/bench/nft_scale.sh [LB_BINARY] [VIPS] [BACKENDS_PER_VIP] [LATENCY_SAMPLES]
 #
 # 1. `lb plan` against an empty kernel: parse the config, read the kernel, plan VIPS x BACKENDS.
-# 2. `lb run` from empty: the first sync's duration (plan + nftables transaction + ip -batch, each reported).
+# 2. `lb run` from empty: the first sync's duration (the plan, then the nftables transaction alongside ip -batch;
+#    each part reported).
 # 3. `lb plan` against the converged kernel: the cost of a no-change sync (read everything, plan nothing).
 # 4. Single-backend change latency: publish one lb.register on NATS, time until lb logs "kernel updated".
 set -euo pipefail
@@ -61,7 +62,7 @@ until grep -q '"kernel updated"' "$WORK/lb.log"; do sleep 0.05; done
 t1=$(seconds)
 first=$(grep '"kernel updated"' "$WORK/lb.log" | head -1 | python3 -c 'import json,sys; f=json.loads(sys.stdin.readline())["fields"]; print(f["changes"], f["seconds"], f["plan_seconds"], f["dataplane_seconds"], f["addresses_seconds"])')
 read -r changes total planned dataplane addresses <<< "$first"
-echo "first sync from empty: ${total}s for $changes changes (plan ${planned}s, nftables ${dataplane}s, ip -batch ${addresses}s); process start to converged: $(elapsed "$t0" "$t1")s"
+echo "first sync from empty: ${total}s for $changes changes (plan ${planned}s, then nftables ${dataplane}s alongside ip -batch ${addresses}s); process start to converged: $(elapsed "$t0" "$t1")s"
 echo "ruleset: $(in_ns nft list table inet switchyard | wc -l) lines, $(in_ns ip route show table local proto 83 | wc -l) VIP routes"
 
 t0=$(seconds); in_ns "$LB" plan --config "$WORK/lb.yaml" > "$WORK/plan2"; t1=$(seconds)

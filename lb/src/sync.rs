@@ -73,25 +73,36 @@ impl Kernel {
         ReconcileOptions { keeps_zero_weight, remove_unknown_services, drain: true }
     }
 
-    /// Applies a plan computed against `observed`: addresses first, then the dataplane steps, then releases.
+    /// Applies a plan computed against `observed`: new addresses and the dataplane steps, then releases.
     /// Returns how long each part took, for the log line that reports the sync.
+    ///
+    /// New addresses and the steps touch different kernel objects, and a VIP takes traffic only once it has both,
+    /// so the two go in side by side: from empty, 10,000 addresses (a separate `ip` process) take about 0.15 s
+    /// that the dataplane need not wait for. Releases wait until the steps have removed what used them.
     pub fn apply(&mut self, observed: &ObservedState, plan: &Plan) -> Result<ApplyTimes, DataplaneError> {
-        let mut times = ApplyTimes::default();
-        let started = Instant::now();
         if plan.add_addresses.iter().any(IpAddr::is_ipv6) {
             sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
         }
-        self.addresses.apply(&plan.add_addresses, &[])?;
-        times.addresses = started.elapsed();
-        if !plan.steps.is_empty() {
-            let started = Instant::now();
-            self.dataplane.apply(&observed.services, &plan.steps)?;
-            times.dataplane = started.elapsed();
+        let Self { dataplane, addresses } = self;
+        let mut add = || timed(|| addresses.apply(&plan.add_addresses, &[]));
+        let mut step = || if plan.steps.is_empty() { (Ok(()), Duration::ZERO) } else { timed(|| dataplane.apply(&observed.services, &plan.steps)) };
+        let ((added, adding), (stepped, stepping)) = if plan.add_addresses.is_empty() {
+            (add(), step())
+        } else {
+            std::thread::scope(|scope| {
+                let adder = scope.spawn(add);
+                let stepped = step();
+                (adder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), stepped)
+            })
+        };
+        if let (Err(address_error), Err(_)) = (&added, &stepped) {
+            tracing::warn!(error = %address_error, "could not add VIP addresses");
         }
-        let started = Instant::now();
-        self.addresses.apply(&[], &plan.remove_addresses)?;
-        times.addresses += started.elapsed();
-        Ok(times)
+        stepped?;
+        added?;
+        let (released, releasing) = timed(|| addresses.apply(&[], &plan.remove_addresses));
+        released?;
+        Ok(ApplyTimes { addresses: adding + releasing, dataplane: stepping })
     }
 
     /// Removes everything `lb` owns: every owned service at once (no draining), the addresses, the dataplane's
@@ -107,7 +118,14 @@ impl Kernel {
     }
 }
 
-/// Where the time of applying a plan went.
+/// Runs `work`, and says how long it took.
+fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    (work(), started.elapsed())
+}
+
+/// Where the time of applying a plan went. New addresses overlap the dataplane's steps, so the parts can add up
+/// to more than the whole.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyTimes {
     /// Making VIP addresses local and releasing them (`ip -batch`).
