@@ -159,9 +159,14 @@ impl Held {
 }
 
 fn web_vip(backends: &[usize]) -> String {
+    weighted_web_vip(&backends.iter().map(|index| (*index, 1)).collect::<Vec<_>>())
+}
+
+/// The `web` VIP with these cells at these weights.
+fn weighted_web_vip(backends: &[(usize, u32)]) -> String {
     let mut text = format!("  - name: web\n    address: {VIP}\n    port: 80\n    backends:\n");
-    for index in backends {
-        text.push_str(&format!("      - {{host: {}, port: 10001}}\n", CELL[*index]));
+    for (index, weight) in backends {
+        text.push_str(&format!("      - {{host: {}, port: 10001, weight: {weight}}}\n", CELL[*index]));
     }
     if backends.is_empty() {
         text.push_str("      []\n");
@@ -238,13 +243,19 @@ fn assert_netlink_only(lb: &Service) {
 fn health_checks_skip_a_dead_cell_and_a_restart_changes_nothing() {
     let hosts = hosts();
     let mut servers = vec![hosts.serve(0, 10001, "cell1"), hosts.serve(1, 10001, "cell2")];
-    let path = hosts.write("lb.yaml", &config("", &web_vip(&[0, 1])));
+    let path = hosts.write("lb.yaml", &config("", &weighted_web_vip(&[(0, 1), (1, 3)])));
     let mut lb = hosts.start_lb(&path);
-    assert_eq!(names(&hosts.spread(VIP, 8)).len(), 2);
+    // Weighted round robin: of every 4 connections, cell2 takes 3. Its weight makes its slots an interval.
+    let answers = hosts.spread(VIP, 8);
+    assert_eq!(answers.iter().filter(|(name, _)| name == "cell2").count(), 6, "{answers:?}");
+    assert!(hosts.ruleset().contains(". 1-3 : 198.18.4.2 . 10001"), "{}", hosts.ruleset());
 
-    // Kill cell2's server: once its checks fail, it is skipped, but it stays known (weight 0, health down).
+    // Kill cell2's server: once its checks fail, it is skipped, but it stays known (weight 0, health down). cell1
+    // alone has weight 1, so the VIP moves to an exact-match map.
     servers.pop();
     hosts.wait_served_only_by(VIP, &["cell1"], &lb);
+    let ruleset = hosts.ruleset();
+    assert!(ruleset.contains("unweighted4_tcp_") && !ruleset.contains(". 1-3 :"), "{ruleset}");
     let vips = status(&hosts.lb, "/vips").unwrap();
     let cell2 = vips["vips"][0]["backends"].as_array().unwrap().iter().find(|b| b["host"] == CELL[1]).cloned().unwrap();
     assert_eq!((cell2["health"].as_str(), cell2["effective_weight"].as_u64()), (Some("down"), Some(0)));

@@ -278,8 +278,9 @@ impl Batch {
         self.end_message(start);
     }
 
-    /// `add element` (`add: true`) or `delete element` of VIP slot ranges in the DNAT map `map`.
-    pub fn slot_elements(&mut self, map: &str, elements: &[SlotElement], add: bool) {
+    /// `add element` (`add: true`) or `delete element` of VIP slot ranges in the DNAT map `map`: ranges in an
+    /// interval map, single slots in an exact-match one.
+    pub fn slot_elements(&mut self, map: &str, elements: &[SlotElement], add: bool, interval: bool) {
         for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
             let verb = if add { "add" } else { "delete" };
             let description = format!("{verb} element inet {} {map} ({} elements, from {})", self.table, chunk.len(), chunk.first().map(|e| e.key.to_string()).unwrap_or_default());
@@ -291,7 +292,9 @@ impl Batch {
                 for element in chunk {
                     b.nest(NFTA_LIST_ELEM, |b| {
                         b.data_value(NFTA_SET_ELEM_KEY, &slot_key(&element.key, element.range.first));
-                        b.data_value(NFTA_SET_ELEM_KEY_END, &slot_key(&element.key, element.range.last));
+                        if interval {
+                            b.data_value(NFTA_SET_ELEM_KEY_END, &slot_key(&element.key, element.range.last));
+                        }
                         if add {
                             b.data_value(NFTA_SET_ELEM_DATA, &backend_value(&element.range.backend));
                         }
@@ -1015,10 +1018,12 @@ mod tests {
         let mut batch = Batch::new("switchyard", 1);
         batch.add_rule("svc4", &key, &rule, "vip 198.18.16.2");
         batch.service_elements("services4", &[(key, Some("svc4".to_owned())), (key, None)], true);
-        batch.slot_elements("backends4_udp", &[SlotElement { key, range }], true);
-        // Batch begin, the three changes, and nothing else yet (the batch is not finished).
+        batch.slot_elements("backends4_udp", &[SlotElement { key, range }], true, true);
+        let single = SlotRange { first: 1, last: 1, backend };
+        batch.slot_elements("unweighted4_udp", &[SlotElement { key, range: single }], true, false);
+        // Batch begin, the four changes, and nothing else yet (the batch is not finished).
         let bodies = bodies(&batch);
-        assert_eq!(bodies.len(), 4);
+        assert_eq!(bodies.len(), 5);
         let read = rule_of(&bodies[1], "switchyard").unwrap();
         assert_eq!((read.chain.as_str(), read.comment.as_deref()), ("svc4", Some("vip 198.18.16.2")));
         assert_eq!(read.expressions, expected_expressions(&key, &rule));
@@ -1032,6 +1037,11 @@ mod tests {
         assert_eq!(slots[0].key, slot_key(&key, 2));
         assert_eq!(slots[0].key_end, Some(slot_key(&key, 5)));
         assert_eq!(slots[0].data, Some(backend_value(&backend)));
+        // An exact-match map's element is its one slot: no range end.
+        let singles = set_elements_of(&bodies[4]);
+        assert_eq!(singles.len(), 1);
+        assert_eq!((singles[0].key.clone(), singles[0].key_end.clone()), (slot_key(&key, 1), None));
+        assert_eq!(singles[0].data, Some(backend_value(&backend)));
     }
 
     /// A netlink message of `kind` for `sequence` with `body`, padded to 4 bytes.

@@ -10,8 +10,10 @@
 //!   (source hashing, persistence) modulo the VIP's total weight. Each backend owns a range of slots as wide as its
 //!   weight, so weights are exact and a backend is one map element whatever its weight. A VIP with no backend in
 //!   rotation gets a reject rule instead, so clients fail fast rather than time out.
-//! - `backends{4,6}_{tcp,udp}_{0..255}`: those DNAT maps, each shared by the VIPs whose key hashes to it
-//!   ([`SHARDS`] per family and protocol, made when first used).
+//! - `unweighted{4,6}_{tcp,udp}_{0..255}`: those DNAT maps for VIPs whose backends in rotation all have weight 1
+//!   (the usual case), where every slot is a single value: exact-match maps, which the kernel stores as hash
+//!   tables. `backends{4,6}_{tcp,udp}_{0..255}`: the same for every other VIP, as interval maps. Each map is
+//!   shared by the VIPs whose key hashes to it ([`SHARDS`] per kind, family and protocol, made when first used).
 //! - `postrouting`: masquerade (`fully-random`) of flagged packets, so cells answer through the LB.
 //!
 //! Why this shape: the kernel's cost of loading a table is not linear in its size for every layout. Measured with
@@ -22,7 +24,11 @@
 //!   bound to the map, and each rule bound against every element: 19 to 120 seconds;
 //! - sharding the map keeps both products small (about 40 rules and 400 elements per map), and the whole table
 //!   loads in one transaction in about two seconds through `nft`, most of it `nft` parsing its input, or in about
-//!   one second as a netlink batch ([`super::netlink`]).
+//!   one second as a netlink batch ([`super::netlink`]);
+//! - a quarter of that second went to inserting interval elements (the kernel's concatenated-range set type
+//!   rebuilds its lookup tables on every insert); with exact-match maps for unweighted VIPs the same table loads
+//!   in about 0.8 s. More shards would make the interval maps cheaper but cost more elsewhere: the kernel finds a
+//!   map by name with a walk of the table's maps, once per rule (1,024 shards loaded slower than 256).
 //!
 //! Changes are written as netlink batches; this module also renders them as nft's text syntax, for declarations
 //! and for replaying a refused batch (nft 1.0.6 cannot read a JSON map declaration whose key has a `numgen` part
@@ -51,8 +57,10 @@ const RULE_TAG: &str = "sy";
 const SERVICES4: &str = "services4";
 const SERVICES6: &str = "services6";
 const BASE_CHAINS: [&str; 3] = ["prerouting", "output", "postrouting"];
-/// Prefix of the DNAT maps' names.
-const BACKENDS: &str = "backends";
+/// Prefix of the names of the interval DNAT maps, for VIPs with a backend whose weight is not 1.
+const WEIGHTED: &str = "backends";
+/// Prefix of the names of the exact-match DNAT maps, for VIPs whose backends in rotation all have weight 1.
+const UNWEIGHTED: &str = "unweighted";
 /// DNAT maps per address family and protocol. Loading a map costs its rules times its elements, so more shards
 /// make big tables cheaper to load; fewer keep the table short. 256 keeps 10,000 VIPs at about 40 per map.
 pub const SHARDS: u32 = 256;
@@ -134,32 +142,58 @@ fn shard(key: &ServiceKey) -> u32 {
     hash % SHARDS
 }
 
-/// The DNAT map a VIP's backends live in.
-pub fn backends_map(key: &ServiceKey) -> String {
+/// The DNAT map a VIP's backends live in, given its slot ranges.
+pub fn backends_map(key: &ServiceKey, ranges: &[SlotRange]) -> String {
     let version = if key.address.is_ipv4() { 4 } else { 6 };
-    format!("{BACKENDS}{version}_{}_{}", key.protocol, shard(key))
+    let prefix = if ranges.iter().all(|range| range.first == range.last) { UNWEIGHTED } else { WEIGHTED };
+    format!("{prefix}{version}_{}_{}", key.protocol, shard(key))
 }
 
-/// Reads the protocol back out of a DNAT map's name; `None` for any other map.
-fn backends_map_protocol(name: &str) -> Option<Protocol> {
-    let rest = name.strip_prefix(BACKENDS)?;
-    let rest = rest.strip_prefix('4').or_else(|| rest.strip_prefix('6'))?;
-    let mut parts = rest.strip_prefix('_')?.splitn(2, '_');
-    let protocol = match parts.next()? {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        _ => return None,
-    };
-    parts.next()?.parse::<u32>().ok().filter(|n| *n < SHARDS).map(|_| protocol)
+/// What the name of one of `lb`'s DNAT maps says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackendsMap {
+    /// Bytes in the addresses of its keys and values: 4 or 16.
+    address_length: usize,
+    /// The protocol of its VIPs.
+    protocol: Protocol,
+    /// Whether it is an interval map, whose elements are slot ranges.
+    interval: bool,
+}
+
+impl BackendsMap {
+    /// Reads a DNAT map's name; `None` for any other map.
+    fn parse(name: &str) -> Option<Self> {
+        let (interval, rest) = match name.strip_prefix(WEIGHTED) {
+            Some(rest) => (true, rest),
+            None => (false, name.strip_prefix(UNWEIGHTED)?),
+        };
+        let (address_length, rest) = match rest.split_at_checked(1)? {
+            ("4", rest) => (4, rest),
+            ("6", rest) => (16, rest),
+            _ => return None,
+        };
+        let mut parts = rest.strip_prefix('_')?.splitn(2, '_');
+        let protocol = match parts.next()? {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return None,
+        };
+        parts.next()?.parse::<u32>().ok().filter(|n| *n < SHARDS)?;
+        Some(Self { address_length, protocol, interval })
+    }
+}
+
+/// Whether `name` is an interval DNAT map.
+fn is_interval_map(name: &str) -> bool {
+    BackendsMap::parse(name).is_some_and(|map| map.interval)
 }
 
 /// The declaration of the DNAT map `name`, as `key` needs it. Idempotent, so it goes into every transaction that
 /// writes to the map.
 fn backends_map_declaration(table: &str, key: &ServiceKey, name: &str) -> String {
     let (family, protocol) = (family(key.address), key.protocol);
-    format!(
-        "add map inet {table} {name} {{ typeof {family} daddr . {protocol} dport . numgen inc mod 1 : {family} daddr . {protocol} dport; flags interval; }}"
-    )
+    let flags = if is_interval_map(name) { " flags interval;" } else { "" };
+    format!("add map inet {table} {name} {{ typeof {family} daddr . {protocol} dport . numgen inc mod 1 : {family} daddr . {protocol} dport;{flags} }}")
 }
 
 fn settings_comment(settings: &ServiceSettings) -> String {
@@ -223,7 +257,8 @@ pub(super) enum VipRule {
 impl VipRule {
     /// The rule `lb` writes for `service`.
     fn of(key: &ServiceKey, service: &ObservedService, settings: &DataplaneSettings) -> Self {
-        let slots = slot_ranges(service).last().map_or(0, |range| range.last + 1);
+        let ranges = slot_ranges(service);
+        let slots = ranges.last().map_or(0, |range| range.last + 1);
         if slots == 0 {
             return Self::Reject;
         }
@@ -232,7 +267,7 @@ impl VipRule {
             mark: settings.snat.then_some(settings.snat_mark),
             selector: if hashed { Selector::HashClient } else { Selector::Rotate },
             slots,
-            map: backends_map(key),
+            map: backends_map(key, &ranges),
         }
     }
 
@@ -340,10 +375,14 @@ fn services_map(key: &ServiceKey) -> &'static str {
     if key.address.is_ipv4() { SERVICES4 } else { SERVICES6 }
 }
 
-/// An element's key. A single slot is written as a range too (`3-3`): nft 1.0.6 cannot delete a single-value
-/// element of a concatenated interval map in a transaction that also declares the map.
-fn slot_key(key: &ServiceKey, range: &SlotRange) -> String {
-    format!("{} . {} . {}-{}", key.address, key.port, range.first, range.last)
+/// An element's key. In an interval map a single slot is written as a range too (`3-3`): nft 1.0.6 cannot delete
+/// a single-value element of a concatenated interval map in a transaction that also declares the map.
+fn slot_key(key: &ServiceKey, range: &SlotRange, interval: bool) -> String {
+    if interval {
+        format!("{} . {} . {}-{}", key.address, key.port, range.first, range.last)
+    } else {
+        format!("{} . {} . {}", key.address, key.port, range.first)
+    }
 }
 
 /// Most elements in one `add element` or `delete element` command, to keep each command's netlink messages and
@@ -384,12 +423,9 @@ impl Changes {
         let chain = chain_name(key);
         let mut wanted = Footprint::default();
         if let Some(service) = after {
-            let map = backends_map(key);
-            wanted = Footprint {
-                target: Some(chain.clone()),
-                chain: true,
-                slots: slot_ranges(service).into_iter().map(|range| (map.clone(), range)).collect(),
-            };
+            let ranges = slot_ranges(service);
+            let map = backends_map(key, &ranges);
+            wanted = Footprint { target: Some(chain.clone()), chain: true, slots: ranges.into_iter().map(|range| (map.clone(), range)).collect() };
             let rule = VipRule::of(key, service, settings);
             if rule != VipRule::Reject {
                 self.maps.entry(map).or_insert_with_key(|map| backends_map_declaration(table, key, map));
@@ -433,7 +469,6 @@ impl Changes {
         fn elements(table: &str, verb: &str, map: &str, elements: Vec<String>) -> Vec<String> {
             elements.chunks(ELEMENTS_PER_COMMAND).map(|chunk| format!("{verb} element inet {table} {map} {{ {} }}", chunk.join(", "))).collect()
         }
-        let slot = |element: &SlotElement| slot_key(&element.key, &element.range);
         let service = |key: &ServiceKey| format!("{} . {} . {}", key.address, key.protocol, key.port);
         let mut commands: Vec<String> = self.maps.values().cloned().collect();
         for change in &self.chains {
@@ -444,10 +479,12 @@ impl Changes {
             });
         }
         for (map, removed) in &self.removals {
-            commands.extend(elements(table, "delete", map, removed.iter().map(slot).collect()));
+            let interval = is_interval_map(map);
+            commands.extend(elements(table, "delete", map, removed.iter().map(|e| slot_key(&e.key, &e.range, interval)).collect()));
         }
         for (map, added) in &self.additions {
-            let added = added.iter().map(|e| format!("{} : {} . {}", slot(e), e.range.backend.address, e.range.backend.port)).collect();
+            let interval = is_interval_map(map);
+            let added = added.iter().map(|e| format!("{} : {} . {}", slot_key(&e.key, &e.range, interval), e.range.backend.address, e.range.backend.port)).collect();
             commands.extend(elements(table, "add", map, added));
         }
         for (map, removed) in &self.service_removals {
@@ -474,10 +511,10 @@ impl Changes {
             }
         }
         for (map, removed) in &self.removals {
-            batch.slot_elements(map, removed, false);
+            batch.slot_elements(map, removed, false, is_interval_map(map));
         }
         for (map, added) in &self.additions {
-            batch.slot_elements(map, added, true);
+            batch.slot_elements(map, added, true, is_interval_map(map));
         }
         for (map, removed) in &self.service_removals {
             batch.service_elements(map, removed, false);
@@ -604,11 +641,10 @@ pub fn listing_from_raw(raw: &RawTable, settings: &DataplaneSettings) -> Listing
                     None => listing.damaged.push(format!("{name} element {}", hex(&element.key))),
                 }
             }
-        } else if let Some(protocol) = backends_map_protocol(name) {
+        } else if let Some(map) = BackendsMap::parse(name) {
             listing.maps.insert(name.clone());
-            let length = if name.starts_with("backends4") { 4 } else { 16 };
             for element in elements {
-                match raw_slot_element(length, protocol, element) {
+                match raw_slot_element(map.address_length, map.protocol, element) {
                     Some((key, range)) => {
                         listing.footprints.entry(key).or_default().slots.insert((name.clone(), range));
                     }
@@ -722,10 +758,10 @@ fn read_map_elements(map: &Value, listing: &mut Listing) {
                 None => listing.damaged.push(format!("{name} element {element}")),
             }
         }
-    } else if let Some(protocol) = backends_map_protocol(name) {
+    } else if let Some(map) = BackendsMap::parse(name) {
         listing.maps.insert(name.to_owned());
         for element in elements {
-            match parse_slot_element(protocol, element) {
+            match parse_slot_element(map.protocol, element) {
                 Some((key, range)) => {
                     listing.footprints.entry(key).or_default().slots.insert((name.to_owned(), range));
                 }
@@ -745,8 +781,9 @@ fn read_service(key: &ServiceKey, rule: &RuleView<'_>, footprint: &Footprint, se
         destinations.insert(range.backend, ObservedDestination { weight: width, ..ObservedDestination::default() }).is_none().then_some(())?;
     }
     let service = ObservedService { settings: service_settings, destinations, exclusive: true };
-    let map = backends_map(key);
-    let expected: BTreeSet<(String, SlotRange)> = slot_ranges(&service).into_iter().map(|range| (map.clone(), range)).collect();
+    let ranges = slot_ranges(&service);
+    let map = backends_map(key, &ranges);
+    let expected: BTreeSet<(String, SlotRange)> = ranges.into_iter().map(|range| (map.clone(), range)).collect();
     let wanted = VipRule::of(key, &service, settings);
     let rule_matches = match rule.body {
         RuleBody::Json(rule) => VipRule::parse(key, rule.get("expr")?.as_array()?)? == wanted,
@@ -847,9 +884,11 @@ mod tests {
                 { "concat": [key.address.to_string(), key.protocol.as_str(), key.port] },
                 { "goto": { "target": chain } },
             ]));
-            for range in slot_ranges(service) {
+            let ranges = slot_ranges(service);
+            let map = backends_map(key, &ranges);
+            for range in ranges {
                 let slots = if range.first == range.last { json!(range.first) } else { json!({ "range": [range.first, range.last] }) };
-                maps.entry(backends_map(key)).or_default().push(json!([
+                maps.entry(map.clone()).or_default().push(json!([
                     { "concat": [key.address.to_string(), key.port, slots] },
                     { "concat": [range.backend.address.to_string(), range.backend.port] },
                 ]));
@@ -895,20 +934,26 @@ mod tests {
     fn the_rule_text_is_what_nft_is_given() {
         let rr = cases()[0].clone();
         let (commands, _) = service_commands("switchyard", &rr.0, &Footprint::default(), Some(&rr.1), &settings());
-        let map = backends_map(&rr.0);
+        let map = format!("unweighted4_tcp_{}", shard(&rr.0));
         assert_eq!(
             commands,
             vec![
-                format!("add map inet switchyard {map} {{ typeof ip daddr . tcp dport . numgen inc mod 1 : ip daddr . tcp dport; flags interval; }}"),
+                format!("add map inet switchyard {map} {{ typeof ip daddr . tcp dport . numgen inc mod 1 : ip daddr . tcp dport; }}"),
                 "add chain inet switchyard svc4_tcp_198.18.2.10_80".to_owned(),
                 format!("add rule inet switchyard svc4_tcp_198.18.2.10_80 meta l4proto tcp meta mark set meta mark | 0x00535900 dnat ip to ip daddr . tcp dport . numgen inc mod 2 map @{map} comment \"sy sched=rr persist=0\""),
-                format!("add element inet switchyard {map} {{ 198.18.2.10 . 80 . 0-0 : 198.18.1.2 . 10001, 198.18.2.10 . 80 . 1-1 : 198.18.1.3 . 10001 }}"),
+                format!("add element inet switchyard {map} {{ 198.18.2.10 . 80 . 0 : 198.18.1.2 . 10001, 198.18.2.10 . 80 . 1 : 198.18.1.3 . 10001 }}"),
                 "add element inet switchyard services4 { 198.18.2.10 . tcp . 80 : goto svc4_tcp_198.18.2.10_80 }".to_owned(),
             ]
         );
+        // Any weight other than 1 puts the VIP in an interval map, where every slot is a range.
+        let wrr = cases()[1].clone();
+        let (commands, _) = service_commands("switchyard", &wrr.0, &Footprint::default(), Some(&wrr.1), &settings());
+        let map = format!("backends4_tcp_{}", shard(&wrr.0));
+        assert_eq!(commands[0], format!("add map inet switchyard {map} {{ typeof ip daddr . tcp dport . numgen inc mod 1 : ip daddr . tcp dport; flags interval; }}"));
+        assert_eq!(commands[3], format!("add element inet switchyard {map} {{ 198.18.2.10 . 443 . 0-2 : 198.18.1.2 . 10002, 198.18.2.10 . 443 . 3-3 : 198.18.1.3 . 10002 }}"));
         let udp = cases()[2].clone();
         let text = VipRule::of(&udp.0, &udp.1, &DataplaneSettings { snat: false, ..settings() }).text(&udp.0, "c");
-        assert_eq!(text, format!("meta l4proto udp dnat ip to ip daddr . udp dport . jhash ip saddr mod 2 seed 0x5359 map @{} comment \"c\"", backends_map(&udp.0)));
+        assert_eq!(text, format!("meta l4proto udp dnat ip to ip daddr . udp dport . jhash ip saddr mod 2 seed 0x5359 map @backends4_udp_{} comment \"c\"", shard(&udp.0)));
         let empty = cases()[5].clone();
         assert_eq!(VipRule::of(&empty.0, &empty.1, &settings()).text(&empty.0, "c"), "meta l4proto udp reject with icmpx port-unreachable comment \"c\"");
     }
@@ -921,7 +966,7 @@ mod tests {
         let after = service(Scheduler::Rr, 0, &[("198.18.1.2", 10001, 1), ("198.18.1.3", 10001, 1), ("198.18.1.4", 10001, 1)]);
         let (commands, _) = service_commands("switchyard", &key, &present, Some(&after), &settings());
         let elements: Vec<&String> = commands.iter().filter(|c| c.contains("element")).collect();
-        assert_eq!(elements, vec![&format!("add element inet switchyard {} {{ 198.18.2.10 . 80 . 2-2 : 198.18.1.4 . 10001 }}", backends_map(&key))]);
+        assert_eq!(elements, vec![&format!("add element inet switchyard unweighted4_tcp_{} {{ 198.18.2.10 . 80 . 2 : 198.18.1.4 . 10001 }}", shard(&key))]);
         assert!(commands.iter().any(|c| c.contains("numgen inc mod 3")));
     }
 
@@ -932,7 +977,7 @@ mod tests {
         let (_, present) = service_commands("switchyard", &key, &Footprint::default(), Some(&before), &settings());
         let after = service(Scheduler::Wrr, 0, &[("198.18.1.2", 10001, 1), ("198.18.1.3", 10001, 2), ("198.18.1.4", 10001, 1)]);
         let (commands, footprint) = service_commands("switchyard", &key, &present, Some(&after), &settings());
-        let map = backends_map(&key);
+        let map = format!("backends4_tcp_{}", shard(&key));
         let elements: Vec<&String> = commands.iter().filter(|c| c.contains("element")).collect();
         assert_eq!(
             elements,
@@ -951,7 +996,7 @@ mod tests {
         for i in 0..600u32 {
             let key = key(&format!("198.18.{}.{}", 16 + i / 250, 1 + i % 250), Protocol::Tcp, 80);
             let service = service(Scheduler::Rr, 0, &[("198.19.0.1", 10000, 1), ("198.19.1.1", 10000, 2)]);
-            maps.insert(backends_map(&key));
+            maps.insert(backends_map(&key, &slot_ranges(&service)));
             changes.service("switchyard", &key, &Footprint::default(), Some(&service), &settings());
         }
         let commands = changes.commands("switchyard");
@@ -1026,16 +1071,19 @@ mod tests {
     #[test]
     fn shards_are_stable_and_spread() {
         let first = key("198.18.2.10", Protocol::Tcp, 80);
-        assert_eq!(backends_map(&first), backends_map(&first));
-        assert!(backends_map(&first).starts_with("backends4_tcp_"));
-        assert!(backends_map(&key("2001:db8::1", Protocol::Udp, 53)).starts_with("backends6_udp_"));
+        let weighted = slot_ranges(&service(Scheduler::Wrr, 0, &[("198.18.1.2", 1, 1), ("198.18.1.3", 1, 2)]));
+        let unweighted = slot_ranges(&service(Scheduler::Rr, 0, &[("198.18.1.2", 1, 1), ("198.18.1.3", 1, 1)]));
+        assert_eq!(backends_map(&first, &weighted), format!("backends4_tcp_{}", shard(&first)));
+        assert_eq!(backends_map(&first, &unweighted), format!("unweighted4_tcp_{}", shard(&first)));
+        assert!(backends_map(&key("2001:db8::1", Protocol::Udp, 53), &[]).starts_with("unweighted6_udp_"));
         let used: BTreeSet<u32> = (0..10_000u32).map(|i| shard(&key(&format!("198.18.{}.{}", 16 + i / 250, 1 + i % 250), Protocol::Tcp, 80))).collect();
         assert!(used.len() > 250, "10,000 VIPs use only {} of {SHARDS} maps", used.len());
-        for name in ["backends4_tcp_0", "backends6_udp_255"] {
-            assert!(backends_map_protocol(name).is_some(), "{name}");
-        }
-        for name in ["services4", "backends4_tcp_256", "backends4_sctp_1", "backends5_tcp_1", "backends4_tcp_"] {
-            assert!(backends_map_protocol(name).is_none(), "{name}");
+        let parsed = |name| BackendsMap::parse(name).map(|map| (map.address_length, map.protocol, map.interval));
+        assert_eq!(parsed("backends4_tcp_0"), Some((4, Protocol::Tcp, true)));
+        assert_eq!(parsed("backends6_udp_255"), Some((16, Protocol::Udp, true)));
+        assert_eq!(parsed("unweighted6_tcp_7"), Some((16, Protocol::Tcp, false)));
+        for name in ["services4", "backends4_tcp_256", "backends4_sctp_1", "backends5_tcp_1", "backends4_tcp_", "unweighted_tcp_1", "weighted4_tcp_1", ""] {
+            assert_eq!(parsed(name), None, "{name}");
         }
     }
 
@@ -1058,7 +1106,7 @@ mod tests {
         let listing = parse_listing(&stray, &settings()).unwrap();
         assert!(listing.services.is_empty());
         let (commands, _) = service_commands("switchyard", &case.0, &listing.footprints[&case.0], Some(&case.1), &settings());
-        assert!(commands.iter().any(|c| c.starts_with("delete element") && c.contains("198.18.2.10 . 80 . 9-9")), "{commands:?}");
+        assert!(commands.iter().any(|c| c.starts_with("delete element") && c.contains("198.18.2.10 . 80 . 9 }")), "{commands:?}");
         // A different SNAT setting means the base must be rewritten.
         let listing = parse_listing(&good, &DataplaneSettings { snat: false, ..settings() }).unwrap();
         assert!(!listing.base_intact);
