@@ -1088,6 +1088,29 @@ mod tests {
     }
 
     #[test]
+    fn an_unweighted_vip_in_an_interval_map_moves_to_an_exact_match_map() {
+        // What an `lb` that had only interval maps left: a VIP of two weight-1 backends, its slots as ranges.
+        let case = cases()[0].clone();
+        let shard = shard(&case.0);
+        let old = listing_of(std::slice::from_ref(&case), &settings()).replace(&format!("@unweighted4_tcp_{shard}"), &format!("@backends4_tcp_{shard}"));
+        let old = old.replace(&format!(r#""name":"unweighted4_tcp_{shard}""#), &format!(r#""name":"backends4_tcp_{shard}""#));
+        let listing = parse_listing(&old, &settings()).unwrap();
+        assert!(listing.services.is_empty(), "{:?}", listing.services);
+        assert_eq!(listing.damaged.len(), 1);
+        // The rewrite takes the ranges out of the interval map and puts single slots in the exact-match one.
+        let (commands, after) = service_commands("switchyard", &case.0, &listing.footprints[&case.0], Some(&case.1), &settings());
+        let elements: Vec<&String> = commands.iter().filter(|c| c.contains("element") && !c.contains("services4")).collect();
+        assert_eq!(
+            elements,
+            vec![
+                &format!("delete element inet switchyard backends4_tcp_{shard} {{ 198.18.2.10 . 80 . 0-0, 198.18.2.10 . 80 . 1-1 }}"),
+                &format!("add element inet switchyard unweighted4_tcp_{shard} {{ 198.18.2.10 . 80 . 0 : 198.18.1.2 . 10001, 198.18.2.10 . 80 . 1 : 198.18.1.3 . 10001 }}"),
+            ]
+        );
+        assert!(after.slots.iter().all(|(map, _)| *map == format!("unweighted4_tcp_{shard}")));
+    }
+
+    #[test]
     fn edited_chains_are_reported_as_damaged_not_trusted() {
         let case = cases()[0].clone();
         let good = listing_of(std::slice::from_ref(&case), &settings());
