@@ -3,10 +3,12 @@
 //! Changes go to the kernel as one nf_tables netlink batch ([`netlink`]): `nft` would first read back the whole
 //! table to build its cache, tens of milliseconds with 10,000 VIPs however small the change. The table is read
 //! back with netlink dumps too: `nft -j list` spends seconds printing 10,000 rules. The `nft` binary declares the
-//! table, hook chains and maps (rare, and nft records a map's `typeof` in its user data), replays a change the
-//! kernel refused as text (so its error names the command), and reads the table as JSON if a netlink read fails. All knowledge of the ruleset's shape is in
-//! [`ruleset`], which is pure; this module only runs `nft` and remembers what the table holds for each VIP (its
-//! [`ruleset::Footprint`]), so a change writes only the objects that differ instead of rereading 10,000 VIPs.
+//! table, hook chains and maps and deletes maps (rare, and nft records a map's `typeof` in its user data), replays
+//! a change the kernel refused as text (so its error names the command), and reads the table as JSON if a netlink
+//! read fails. All knowledge of the ruleset's shape is in [`ruleset`], which is pure; this module only runs `nft`
+//! and remembers what the table holds for each VIP (its [`ruleset::Footprint`]), so a change writes only the
+//! objects that differ instead of rereading 10,000 VIPs, and how many VIPs each DNAT map serves, so that the sync
+//! which takes the last VIP out of a map deletes the map.
 //! The table is the ownership record: everything in it is `lb`'s, nothing outside it is touched.
 
 pub mod netlink;
@@ -31,6 +33,8 @@ pub struct NftDataplane {
     prepared: Option<Listing>,
     /// The DNAT maps the table holds, so a change declares a map (through `nft`) only when it is new.
     maps: BTreeSet<String>,
+    /// VIPs with elements in each DNAT map, by the footprints: a map that drops out is no VIP's any more.
+    map_users: BTreeMap<String, usize>,
     /// The netlink socket changes go through, opened on first use.
     socket: Option<NftSocket>,
 }
@@ -38,7 +42,7 @@ pub struct NftDataplane {
 impl NftDataplane {
     /// A dataplane for the table named in `settings`.
     pub fn new(settings: DataplaneSettings) -> Self {
-        Self { settings, footprints: BTreeMap::new(), prepared: None, maps: BTreeSet::new(), socket: None }
+        Self { settings, footprints: BTreeMap::new(), prepared: None, maps: BTreeSet::new(), map_users: BTreeMap::new(), socket: None }
     }
 
     fn list(&mut self) -> Result<Listing, DataplaneError> {
@@ -52,6 +56,10 @@ impl NftDataplane {
         };
         self.footprints.clone_from(&listing.footprints);
         self.maps.clone_from(&listing.maps);
+        self.map_users.clear();
+        for footprint in self.footprints.values() {
+            count_users(&mut self.map_users, footprint, true);
+        }
         Ok(listing)
     }
 
@@ -105,6 +113,50 @@ impl NftDataplane {
         socket.commit(batch)?;
         tracing::debug!(messages, bytes, encode_seconds = encoded.as_secs_f64(), seconds = started.elapsed().as_secs_f64(), "nftables batch committed");
         Ok(())
+    }
+}
+
+impl NftDataplane {
+    /// Deletes the DNAT maps no VIP has elements in any more (the last VIP of a shard went, or moved to the other
+    /// kind of map), through `nft` as they were declared. The sync has already succeeded, so a refusal (say, a rule
+    /// someone else added still uses the map) is logged and the map is left alone until the table is next listed.
+    fn delete_unused_maps(&mut self) {
+        let unused: Vec<String> = self.maps.iter().filter(|map| !self.map_users.contains_key(*map)).cloned().collect();
+        if unused.is_empty() {
+            return;
+        }
+        let table = &self.settings.nft_table;
+        let commands = ruleset::delete_maps(table, &unused);
+        match nft(&["-f", "-"], Some(&ruleset::transaction(&commands))) {
+            Ok(_) => tracing::debug!(table = %table, maps = ?unused, "deleted DNAT maps no VIP uses"),
+            Err(err) => tracing::warn!(table = %table, maps = ?unused, error = %err, "could not delete DNAT maps no VIP uses; they stay, empty"),
+        }
+        for map in &unused {
+            self.maps.remove(map);
+        }
+    }
+}
+
+/// Counts a VIP in (`add`) or out of the maps its elements are in.
+fn count_users(users: &mut BTreeMap<String, usize>, footprint: &Footprint, add: bool) {
+    // The slots are ordered by map, so each map a VIP uses comes up once.
+    let mut previous = None;
+    for (map, _) in &footprint.slots {
+        if previous == Some(map) {
+            continue;
+        }
+        previous = Some(map);
+        match (users.get_mut(map), add) {
+            (Some(count), true) => *count += 1,
+            (None, true) => {
+                users.insert(map.clone(), 1);
+            }
+            (Some(count), false) if *count > 1 => *count -= 1,
+            (Some(_), false) => {
+                users.remove(map);
+            }
+            (None, false) => {}
+        }
     }
 }
 
@@ -174,12 +226,17 @@ impl Dataplane for NftDataplane {
             nft(&["-f", "-"], Some(&ruleset::transaction(&commands)))?;
         }
         for (key, footprint) in footprints {
+            if let Some(previous) = self.footprints.get(&key) {
+                count_users(&mut self.map_users, previous, false);
+            }
+            count_users(&mut self.map_users, &footprint, true);
             if footprint == Footprint::default() {
                 self.footprints.remove(&key);
             } else {
                 self.footprints.insert(key, footprint);
             }
         }
+        self.delete_unused_maps();
         Ok(())
     }
 
@@ -189,5 +246,39 @@ impl Dataplane for NftDataplane {
             Err(err) if is_absent(&err) => Ok(()),
             other => other.map(drop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DestinationKey;
+    use ruleset::SlotRange;
+
+    fn footprint(slots: &[(&str, u64)]) -> Footprint {
+        let backend = DestinationKey { address: "198.18.4.1".parse().unwrap(), port: 10001 };
+        let slots = slots.iter().map(|(map, slot)| ((*map).to_owned(), SlotRange { first: *slot, last: *slot, backend })).collect();
+        Footprint { target: None, chain: true, slots }
+    }
+
+    #[test]
+    fn a_map_keeps_its_count_of_vips_until_the_last_one_leaves() {
+        let mut users = BTreeMap::new();
+        let (one, two) = (footprint(&[("unweighted4_tcp_7", 0), ("unweighted4_tcp_7", 1)]), footprint(&[("unweighted4_tcp_7", 0)]));
+        let moving = footprint(&[("backends4_tcp_7", 0), ("unweighted4_tcp_9", 1)]);
+        for vip in [&one, &two, &moving] {
+            count_users(&mut users, vip, true);
+        }
+        // A VIP counts once per map, however many of its elements are there.
+        let expected: BTreeMap<String, usize> =
+            [("backends4_tcp_7", 1), ("unweighted4_tcp_7", 2), ("unweighted4_tcp_9", 1)].map(|(m, n)| (m.to_owned(), n)).into();
+        assert_eq!(users, expected);
+        count_users(&mut users, &one, false);
+        count_users(&mut users, &moving, false);
+        assert_eq!(users, [("unweighted4_tcp_7".to_owned(), 1)].into());
+        count_users(&mut users, &two, false);
+        // Taking out a VIP that was never counted changes nothing.
+        count_users(&mut users, &two, false);
+        assert!(users.is_empty());
     }
 }

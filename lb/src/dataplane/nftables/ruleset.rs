@@ -13,7 +13,8 @@
 //! - `unweighted{4,6}_{tcp,udp}_{0..255}`: those DNAT maps for VIPs whose backends in rotation all have weight 1
 //!   (the usual case), where every slot is a single value: exact-match maps, which the kernel stores as hash
 //!   tables. `backends{4,6}_{tcp,udp}_{0..255}`: the same for every other VIP, as interval maps. Each map is
-//!   shared by the VIPs whose key hashes to it ([`SHARDS`] per kind, family and protocol, made when first used).
+//!   shared by the VIPs whose key hashes to it ([`SHARDS`] per kind, family and protocol, made when first used and
+//!   deleted when the last VIP leaves it).
 //! - `postrouting`: masquerade (`fully-random`) of flagged packets, so cells answer through the LB.
 //!
 //! Why this shape: the kernel's cost of loading a table is not linear in its size for every layout. Measured with
@@ -194,6 +195,11 @@ fn backends_map_declaration(table: &str, key: &ServiceKey, name: &str) -> String
     let (family, protocol) = (family(key.address), key.protocol);
     let flags = if is_interval_map(name) { " flags interval;" } else { "" };
     format!("add map inet {table} {name} {{ typeof {family} daddr . {protocol} dport . numgen inc mod 1 : {family} daddr . {protocol} dport;{flags} }}")
+}
+
+/// Commands that delete the DNAT maps `names`, which no VIP uses any more.
+pub fn delete_maps(table: &str, names: &[String]) -> Vec<String> {
+    names.iter().map(|name| format!("delete map inet {table} {name}")).collect()
 }
 
 fn settings_comment(settings: &ServiceSettings) -> String {
