@@ -168,21 +168,15 @@ struct Families {
     bytes: IntCounterVec,
 }
 
-/// Metric definitions are constants; an invalid one is a bug every test run would catch.
-#[allow(clippy::panic)]
-fn invalid(name: &str) -> ! {
-    panic!("IPVS metric `{name}` is invalid")
-}
-
 impl TrafficCollector {
     fn new(traffic: Traffic, program: &str) -> Self {
         let namespace = format!("{}_{program}", switchyard_runtime::metrics::NAMESPACE);
         let opts = |name: &str, help: &str| Opts::new(format!("ipvs_{name}"), help).namespace(namespace.clone());
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(opts(name, help), labels).unwrap_or_else(|_| invalid(name))
+            IntCounterVec::new(opts(name, help), labels).unwrap_or_else(|_| switchyard_runtime::metrics::invalid_metric(name))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            IntGaugeVec::new(opts(name, help), labels).unwrap_or_else(|_| invalid(name))
+            IntGaugeVec::new(opts(name, help), labels).unwrap_or_else(|_| switchyard_runtime::metrics::invalid_metric(name))
         };
         let families = Families {
             requests: counter("netlink_requests_total", "IPVS netlink requests sent, by purpose (read, write).", &["purpose"]),

@@ -114,9 +114,7 @@ impl NftDataplane {
         tracing::debug!(messages, bytes, encode_seconds = encoded.as_secs_f64(), seconds = started.elapsed().as_secs_f64(), "nftables batch committed");
         Ok(())
     }
-}
 
-impl NftDataplane {
     /// Deletes the DNAT maps no VIP has elements in any more (the last VIP of a shard went, or moved to the other
     /// kind of map), through `nft` as they were declared. The sync has already succeeded, so a refusal (say, a rule
     /// someone else added still uses the map) is logged and the map is left alone until the table is next listed.
