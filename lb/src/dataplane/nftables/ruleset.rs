@@ -470,7 +470,9 @@ impl Changes {
 
     /// The commands, in an order the kernel accepts: maps before the rules that use them, chains before the
     /// elements that jump to them, removed elements before added ones (so a range that only changes its width is
-    /// deleted and added in one transaction), jumps removed before their chains.
+    /// deleted and added in one transaction), jumps removed before their chains. Rules also come before the DNAT
+    /// elements for a speed reason: a rule that binds a map which already holds elements makes the kernel walk
+    /// them all, so with the elements first a load from empty took 1.2 to 1.3 s instead of 0.87 to 0.93 s.
     pub fn commands(&self, table: &str) -> Vec<String> {
         fn elements(table: &str, verb: &str, map: &str, elements: Vec<String>) -> Vec<String> {
             elements.chunks(ELEMENTS_PER_COMMAND).map(|chunk| format!("{verb} element inet {table} {map} {{ {} }}", chunk.join(", "))).collect()
