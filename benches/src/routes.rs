@@ -75,7 +75,7 @@ impl Request {
     /// Routes the request the way the proxy does: normalise the Host into a stack buffer, then look it up.
     /// Returns whether a route was found.
     pub fn route(&self, table: &RouteTable) -> bool {
-        RequestHost::parse(self.host.as_bytes()).is_some_and(|mut host| table.lookup(&mut host, &self.path).is_some())
+        RequestHost::parse(self.host.as_bytes()).is_some_and(|host| table.lookup(&host, &self.path).is_some())
     }
 }
 
@@ -169,8 +169,8 @@ mod tests {
         let registry = build_registry(300, Detail::Typical, mixed_route).unwrap();
         for shape in Shape::ALL {
             let request = shape.request(37);
-            let mut host = RequestHost::parse(request.host.as_bytes()).unwrap();
-            let pool = registry.table().lookup(&mut host, &request.path).unwrap();
+            let host = RequestHost::parse(request.host.as_bytes()).unwrap();
+            let pool = registry.table().lookup(&host, &request.path).unwrap();
             assert_eq!(pool.key().to_string(), shape.uri(37));
         }
     }

@@ -327,11 +327,11 @@ mod tests {
     }
 
     fn members(registry: &Registry, uri: &str) -> Vec<String> {
-        let mut host = RequestHost::parse(uri.split('/').next().unwrap().as_bytes()).unwrap();
+        let host = RequestHost::parse(uri.split('/').next().unwrap().as_bytes()).unwrap();
         let path = uri.find('/').map_or("/", |i| &uri[i..]);
         registry
             .table()
-            .lookup(&mut host, path)
+            .lookup(&host, path)
             .map(|pool| pool.endpoints().iter().map(|e| e.identity().to_owned()).collect())
             .unwrap_or_default()
     }

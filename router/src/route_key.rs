@@ -5,6 +5,7 @@
 //! allocate.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest host name that can be routed. DNS names are at most 253 bytes; the rest is room for a wildcard.
 pub const MAX_HOST_LEN: usize = 255;
@@ -145,11 +146,44 @@ pub fn path_segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
+/// A host name the route table is asked for: one a route is registered under, or one a request's host can be
+/// routed by.
+///
+/// A wildcard is held as the suffix it covers (`*.b.com` as `.b.com`), so a request's wildcard candidates are
+/// slices of its host, found without copying or rewriting it; that is what lets a lookup work out every
+/// candidate's place in the table before it reads any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostName<'a> {
+    /// A host matched by its own bytes.
+    Exact(&'a [u8]),
+    /// `*` followed by `suffix`.
+    Wildcard {
+        /// What the wildcard covers, from its dot on.
+        suffix: &'a [u8],
+    },
+}
+
+impl<'a> HostName<'a> {
+    /// Classifies a host as registered (or as a request names it): one starting with `*.` is a wildcard.
+    pub(crate) fn of(host: &'a [u8]) -> Self {
+        match host {
+            [b'*', suffix @ ..] if suffix.first() == Some(&b'.') => Self::Wildcard { suffix },
+            _ => Self::Exact(host),
+        }
+    }
+
+    /// Whether a host's bytes are this name.
+    pub(crate) fn is(self, host: &[u8]) -> bool {
+        match self {
+            Self::Exact(name) => name == host,
+            Self::Wildcard { suffix } => host.split_first().is_some_and(|(&star, rest)| star == b'*' && rest == suffix),
+        }
+    }
+}
+
 /// A request's host, lower-cased, port removed, held in a stack buffer.
 pub struct RequestHost {
-    /// `buf[0]` is spare, so the wildcard for a host that starts with a dot (`.b.com` → `*.b.com`) has room for its
-    /// `*`; the host itself is `buf[1..=len]`.
-    buf: [u8; MAX_HOST_LEN + 1],
+    buf: [u8; MAX_HOST_LEN],
     len: usize,
 }
 
@@ -160,8 +194,8 @@ impl RequestHost {
         if host.is_empty() || host.len() > MAX_HOST_LEN {
             return None;
         }
-        let mut buf = [0u8; MAX_HOST_LEN + 1];
-        let dest = buf.get_mut(1..=host.len())?;
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let dest = buf.get_mut(..host.len())?;
         // Checked and lowered in one pass with no early exit, which the compiler turns into vector code.
         let mut visible = true;
         for (out, &byte) in dest.iter_mut().zip(host) {
@@ -171,31 +205,86 @@ impl RequestHost {
         visible.then_some(Self { buf, len: host.len() })
     }
 
+    /// The normalised host's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
     /// The normalised host.
     pub fn as_str(&self) -> &str {
         // Only ASCII graphic bytes were copied in, so this never fails.
-        std::str::from_utf8(self.buf.get(1..=self.len).unwrap_or_default()).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// The suffix lengths of the wildcard hosts a table holds (`*.b.com` has a suffix of 6 bytes, `.b.com`).
+///
+/// A request's wildcard candidates are found from this set rather than from the dots in its host: for each
+/// length present, longest first, the host has a candidate if the byte that many bytes from its end is a dot. A
+/// table holds wildcards of few distinct lengths, if any, so the walk checks a byte or two instead of scanning
+/// the host, and never asks the table for a wildcard no route could be.
+#[derive(Debug, Clone)]
+pub(crate) struct WildcardLengths {
+    /// Wildcard hosts by suffix length, kept by the table's single writer...
+    counts: Arc<[u32; MAX_HOST_LEN + 1]>,
+    /// ...and a bit for each length that has any, which is all a lookup reads.
+    present: [u64; LENGTH_WORDS],
+}
+
+const LENGTH_WORDS: usize = (MAX_HOST_LEN + 1).div_ceil(64);
+
+impl WildcardLengths {
+    pub(crate) fn new() -> Self {
+        Self { counts: Arc::new([0; MAX_HOST_LEN + 1]), present: [0; LENGTH_WORDS] }
     }
 
-    /// Calls `visit` with the exact host, then each wildcard that covers it, most specific first
-    /// (`a.b.c.com`, `*.b.c.com`, `*.c.com`, `*.com`), until `visit` returns `Some`. Candidates are passed as the
-    /// bytes they are (visible ASCII), so none is checked again for UTF-8.
-    pub fn find_map<R>(&mut self, mut visit: impl FnMut(&[u8]) -> Option<R>) -> Option<R> {
-        if let Some(found) = visit(self.buf.get(1..=self.len)?) {
-            return Some(found);
+    /// Counts a host that gained its first route (`added`) or lost its last; exact hosts are not counted.
+    pub(crate) fn count(&mut self, name: HostName<'_>, added: bool) {
+        let HostName::Wildcard { suffix } = name else { return };
+        let length = suffix.len();
+        let Some(count) = Arc::make_mut(&mut self.counts).get_mut(length) else { return };
+        *count = if added { *count + 1 } else { count.saturating_sub(1) };
+        let bit = 1u64 << (length % 64);
+        if let Some(word) = self.present.get_mut(length / 64) {
+            *word = if *count > 0 { *word | bit } else { *word & !bit };
         }
-        let end = self.len + 1;
-        let mut start = 1;
-        // Each wildcard candidate is written in place: the byte before a dot becomes `*` (for a leading dot, the
-        // spare byte in front of the host). Later candidates lie to the right of earlier ones, so overwriting is
-        // safe.
-        while let Some(offset) = self.buf.get(start..end)?.iter().position(|&b| b == b'.') {
-            let dot = start + offset;
-            *self.buf.get_mut(dot - 1)? = b'*';
-            if let Some(found) = visit(self.buf.get(dot - 1..end)?) {
-                return Some(found);
+    }
+
+    /// The names `host` can be routed by, most specific first: the host itself, then each wildcard covering one
+    /// of its suffixes that some host in the table has the length of (with every length present, `a.b.c.com`
+    /// gives `a.b.c.com`, `*.b.c.com`, `*.c.com`, `*.com`). Names are the bytes they are (visible ASCII), so none
+    /// is checked again for UTF-8.
+    pub(crate) fn names<'h>(&self, host: &'h [u8]) -> Names<'h> {
+        Names { host, exact: Some(HostName::of(host)), lengths: self.present }
+    }
+}
+
+/// The walk [`WildcardLengths::names`] returns.
+pub(crate) struct Names<'h> {
+    host: &'h [u8],
+    exact: Option<HostName<'h>>,
+    /// Suffix lengths still to try.
+    lengths: [u64; LENGTH_WORDS],
+}
+
+impl<'h> Iterator for Names<'h> {
+    type Item = HostName<'h>;
+
+    fn next(&mut self) -> Option<HostName<'h>> {
+        if let Some(exact) = self.exact.take() {
+            return Some(exact);
+        }
+        for (index, word) in self.lengths.iter_mut().enumerate().rev() {
+            while *word != 0 {
+                let bit = 63 - word.leading_zeros();
+                *word &= !(1u64 << bit);
+                let length = index * 64 + bit as usize;
+                // A length longer than the host leaves no suffix (a leading dot's wildcard covers the whole host).
+                let suffix = self.host.len().checked_sub(length).and_then(|start| self.host.get(start..));
+                if let Some(suffix @ [b'.', ..]) = suffix {
+                    return Some(HostName::Wildcard { suffix });
+                }
             }
-            start = dot + 1;
         }
         None
     }
@@ -215,7 +304,7 @@ fn strip_port(raw: &[u8]) -> &[u8] {
             None => raw,
         };
     }
-    match raw.iter().rposition(|&b| b == b':') {
+    match memchr::memrchr(b':', raw) {
         Some(colon) if raw.get(colon + 1..).is_some_and(is_port) => raw.get(..colon).unwrap_or(raw),
         _ => raw,
     }
@@ -283,43 +372,82 @@ mod tests {
         assert_eq!(host(&"a".repeat(300)), None);
     }
 
-    /// Every candidate the walk offers for a Host value, in order.
-    fn candidates(raw: &[u8]) -> Vec<String> {
-        let mut host = RequestHost::parse(raw).unwrap();
-        let mut seen = Vec::new();
-        let found: Option<()> = host.find_map(|candidate| {
-            seen.push(String::from_utf8_lossy(candidate).into_owned());
-            None
-        });
-        assert!(found.is_none());
-        seen
+    fn text(name: HostName<'_>) -> String {
+        match name {
+            HostName::Exact(host) => String::from_utf8_lossy(host).into_owned(),
+            HostName::Wildcard { suffix } => format!("*{}", String::from_utf8_lossy(suffix)),
+        }
+    }
+
+    fn lengths_of(wildcards: &[&str]) -> WildcardLengths {
+        let mut lengths = WildcardLengths::new();
+        for wildcard in wildcards {
+            lengths.count(HostName::of(wildcard.as_bytes()), true);
+        }
+        lengths
+    }
+
+    /// Every length a wildcard can have.
+    fn every_length() -> WildcardLengths {
+        let suffixes: Vec<String> = (1..=MAX_HOST_LEN).map(|length| format!("*.{}", "a".repeat(length - 1))).collect();
+        lengths_of(&suffixes.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Every name the walk offers for a Host value, in order.
+    fn candidates(lengths: &WildcardLengths, raw: &[u8]) -> Vec<String> {
+        let host = RequestHost::parse(raw).unwrap();
+        lengths.names(host.as_bytes()).map(text).collect()
     }
 
     #[test]
     fn wildcard_candidates_walk_outwards() {
-        assert_eq!(candidates(b"a.b.c.com"), ["a.b.c.com", "*.b.c.com", "*.c.com", "*.com"]);
+        assert_eq!(candidates(&every_length(), b"a.b.c.com"), ["a.b.c.com", "*.b.c.com", "*.c.com", "*.com"]);
+    }
+
+    #[test]
+    fn only_wildcards_of_a_present_length_are_candidates() {
+        assert_eq!(candidates(&WildcardLengths::new(), b"a.b.c.com"), ["a.b.c.com"]);
+        let mut lengths = lengths_of(&["*.c.com", "*.x.y.z", "*.com"]);
+        assert_eq!(candidates(&lengths, b"a.b.c.com"), ["a.b.c.com", "*.c.com", "*.com"]);
+        // Lengths are counted: `*.com` goes only with the last host of its length.
+        lengths.count(HostName::of(b"*.org"), true);
+        lengths.count(HostName::of(b"*.com"), false);
+        assert_eq!(candidates(&lengths, b"a.b.c.com"), ["a.b.c.com", "*.c.com", "*.com"]);
+        lengths.count(HostName::of(b"*.org"), false);
+        assert_eq!(candidates(&lengths, b"a.b.c.com"), ["a.b.c.com", "*.c.com"]);
+        // Exact hosts do not count.
+        lengths.count(HostName::of(b".bb.com"), true);
+        assert_eq!(candidates(&lengths, b"a.bb.com"), ["a.bb.com"]);
     }
 
     #[test]
     fn a_leading_dot_has_a_wildcard_too() {
         // The walk used to skip the wildcard of a leading dot, which the reference model (`crate::reference`) offers.
-        assert_eq!(candidates(b".b.com:80"), [".b.com", "*.b.com", "*.com"]);
-        assert_eq!(candidates(b".."), ["..", "*..", "*."]);
+        assert_eq!(candidates(&every_length(), b".b.com:80"), [".b.com", "*.b.com", "*.com"]);
+        assert_eq!(candidates(&every_length(), b".."), ["..", "*..", "*."]);
     }
 
     #[test]
     fn a_full_length_host_walks_its_wildcards() {
         let long = format!("{}.com", "a".repeat(MAX_HOST_LEN - 4));
-        let mut host = RequestHost::parse(long.as_bytes()).unwrap();
+        let host = RequestHost::parse(long.as_bytes()).unwrap();
         assert_eq!(host.as_str(), long);
-        let found = host.find_map(|c| (c == b"*.com").then_some(()));
-        assert_eq!(found, Some(()));
+        assert_eq!(candidates(&every_length(), long.as_bytes()).last().map(String::as_str), Some("*.com"));
+        let dots = format!(".{}", ".".repeat(MAX_HOST_LEN - 1));
+        assert_eq!(candidates(&every_length(), dots.as_bytes()).len(), MAX_HOST_LEN + 1);
     }
 
     #[test]
-    fn candidate_walk_stops_at_first_hit() {
-        let mut host = RequestHost::parse(b"x.y.com").unwrap();
-        let found = host.find_map(|c| (c == b"*.y.com").then_some(7));
-        assert_eq!(found, Some(7));
+    fn only_a_star_and_a_dot_make_a_wildcard() {
+        assert_eq!(HostName::of(b"*.b.com"), HostName::Wildcard { suffix: b".b.com" });
+        assert_eq!(HostName::of(b"*."), HostName::Wildcard { suffix: b"." });
+        for exact in [&b"*"[..], b"*b.com", b"a.*.com", b".b.com"] {
+            assert_eq!(HostName::of(exact), HostName::Exact(exact));
+        }
+        // A request whose Host is itself `*.b.com` asks for the wildcard by name, and finds it.
+        let request = RequestHost::parse(b"*.B.com").unwrap();
+        let name = WildcardLengths::new().names(request.as_bytes()).next().unwrap();
+        assert!(name.is(b"*.b.com") && !name.is(b".b.com") && !name.is(b"x.b.com"));
+        assert!(HostName::Exact(b"b.com").is(b"b.com") && !HostName::Exact(b"b.com").is(b"*.b.com"));
     }
 }

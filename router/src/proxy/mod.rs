@@ -304,11 +304,11 @@ impl Proxy {
         if raw_host.is_empty() {
             return fail(RouterError::EmptyHost, exchange);
         }
-        let Some(mut host) = RequestHost::parse(raw_host) else {
+        let Some(host) = RequestHost::parse(raw_host) else {
             return fail(RouterError::UnknownRoute, exchange);
         };
         let lookup_started = Instant::now();
-        let pool = self.table.load().lookup(&mut host, parts.uri.path()).cloned();
+        let pool = self.table.load().lookup(&host, parts.uri.path()).cloned();
         LocalMetrics::lookup(lookup_started.elapsed().as_secs_f64());
         let Some(pool) = pool else {
             return fail(RouterError::UnknownRoute, exchange);
@@ -457,8 +457,8 @@ impl Proxy {
     /// route it was made for, not for any route bound to the same service).
     fn same_route(&self, url: &str, pool: &Pool) -> bool {
         let Some((host, path)) = route_services::url_route(url) else { return false };
-        let Some(mut host) = RequestHost::parse(host.as_bytes()) else { return false };
-        self.table.load().lookup(&mut host, &path).is_some_and(|found| found.key() == pool.key())
+        let Some(host) = RequestHost::parse(host.as_bytes()) else { return false };
+        self.table.load().lookup(&host, &path).is_some_and(|found| found.key() == pool.key())
     }
 
     fn limits(&self) -> Limits {
