@@ -180,7 +180,8 @@ impl HostRoutes {
         let routes = self.routes();
         let deepest = routes.first()?.depth;
         // Counting one segment past the deepest route is enough to know the request is deeper than all of them.
-        let (requested, normal) = survey(path, deepest.saturating_add(1));
+        let surveyed = survey(path, deepest.saturating_add(1));
+        let requested = surveyed.depth;
         // The first group a request this deep can match; then each shallower group, deepest first.
         let mut start = routes.partition_point(|route| route.depth > requested);
         while let Some(depth) = routes.get(start).map(|route| route.depth) {
@@ -190,7 +191,7 @@ impl HostRoutes {
             let end = routes.partition_point(|route| route.depth >= depth);
             // A request already in normal form (the usual case) is compared as bytes; anything else segment by
             // segment. Both order as the normal form would.
-            let prefix = normal.then(|| normal_prefix(path, depth));
+            let prefix = surveyed.normal_prefix(path, depth);
             let order = |stored: &str| match prefix {
                 Some(prefix) => stored.as_bytes().cmp(prefix),
                 None => compare_path(stored, path, depth),
@@ -210,29 +211,65 @@ impl HostRoutes {
     }
 }
 
-/// The non-empty segments of `path`, counted no further than `limit`, and whether the path is in normal form
-/// (`/seg/seg`: no empty segment, no upper-case letter) as far as it was read.
-fn survey(path: &str, limit: usize) -> (usize, bool) {
+/// What one pass over a request path learns.
+struct PathSurvey {
+    /// Non-empty segments, counted no further than the limit given to [`survey`].
+    depth: usize,
+    /// Whether the path is in normal form (`/seg/seg`: no empty segment, no upper-case letter) as far as it was read.
+    normal: bool,
+    /// For a path in normal form, where its first few prefixes end (the `k`th entry: the prefix of `k + 1`
+    /// segments), so the binary search at each route depth compares against a slice found by this same pass.
+    prefix_ends: [usize; PREFIX_ENDS],
+}
+
+/// Prefixes whose ends [`survey`] records; deeper ones are found by another scan.
+const PREFIX_ENDS: usize = 8;
+
+/// Surveys `path`, counting its segments no further than `limit`.
+fn survey(path: &str, limit: usize) -> PathSurvey {
     let bytes = path.as_bytes();
-    let mut count = 0;
+    let mut depth = 0;
     let mut normal = bytes.first().is_none_or(|&first| first == b'/');
+    let mut prefix_ends = [bytes.len(); PREFIX_ENDS];
+    let mut slashes = 0usize;
     // A segment starts at the beginning of the path or after a `/`.
     let mut previous = b'/';
     for (index, &byte) in bytes.iter().enumerate() {
         if byte == b'/' {
             normal &= previous != b'/' || index == 0;
+            // In normal form, the second `/` ends the prefix of one segment, the third that of two, and so on.
+            if let Some(end) = slashes.checked_sub(1).and_then(|prefix| prefix_ends.get_mut(prefix)) {
+                *end = index;
+            }
+            slashes += 1;
         } else {
             if previous == b'/' {
-                if count == limit {
+                if depth == limit {
                     break;
                 }
-                count += 1;
+                depth += 1;
             }
             normal &= !byte.is_ascii_uppercase();
         }
         previous = byte;
     }
-    (count, normal)
+    PathSurvey { depth, normal, prefix_ends }
+}
+
+impl PathSurvey {
+    /// The first `depth` segments of the surveyed `path` (at most its surveyed depth), when it is in normal form.
+    fn normal_prefix<'p>(&self, path: &'p str, depth: usize) -> Option<&'p [u8]> {
+        if !self.normal {
+            return None;
+        }
+        match depth.checked_sub(1) {
+            None => Some(&[]),
+            Some(prefix) => match self.prefix_ends.get(prefix) {
+                Some(&end) => path.as_bytes().get(..end),
+                None => Some(normal_prefix(path, depth)),
+            },
+        }
+    }
 }
 
 /// The first `depth` segments of a path in normal form: everything before its `depth + 1`th `/`.
@@ -244,7 +281,7 @@ fn normal_prefix(path: &str, depth: usize) -> &[u8] {
 
 /// Segments in a (normalised) context path.
 fn path_depth(path: &str) -> usize {
-    survey(path, usize::MAX).0
+    survey(path, usize::MAX).depth
 }
 
 /// Orders a stored context path (lower-case, normalised: `/seg/seg`) against the normalised form of the first
@@ -858,21 +895,37 @@ mod tests {
 
     #[test]
     fn a_normal_request_path_is_compared_as_bytes_in_the_same_order() {
-        assert_eq!(survey("/a/b/c", 9), (3, true));
-        assert_eq!(survey("/a/b/", 9), (2, true));
-        assert_eq!(survey("/", 9), (0, true));
-        assert_eq!(survey("", 9), (0, true));
-        assert_eq!(survey("/a/b/c/d", 2), (2, true));
-        assert_eq!(survey("/a/B", 9), (2, false));
-        assert_eq!(survey("/a//b", 9), (2, false));
-        assert_eq!(survey("//a", 9), (1, false));
-        assert_eq!(survey("a/b", 9), (2, false));
+        let shape = |path| {
+            let surveyed = survey(path, 9);
+            (surveyed.depth, surveyed.normal)
+        };
+        assert_eq!(shape("/a/b/c"), (3, true));
+        assert_eq!(shape("/a/b/"), (2, true));
+        assert_eq!(shape("/"), (0, true));
+        assert_eq!(shape(""), (0, true));
+        assert_eq!(survey("/a/b/c/d", 2).depth, 2);
+        assert_eq!(shape("/a/B"), (2, false));
+        assert_eq!(shape("/a//b"), (2, false));
+        assert_eq!(shape("//a"), (1, false));
+        assert_eq!(shape("a/b"), (2, false));
         assert_eq!(normal_prefix("/a/b/c", 2), b"/a/b");
         assert_eq!(normal_prefix("/a/b/", 2), b"/a/b");
         assert_eq!(normal_prefix("/a/b/c", 0), b"");
+        // The ends the survey records agree with a scan, at every depth it can be asked for.
+        let deep: String = (0..PREFIX_ENDS + 3).map(|segment| format!("/s{segment}")).collect();
+        for path in ["/a/b/c", "/a/b/", "/a/b/c/d", "/", "", deep.as_str(), &format!("{deep}/")] {
+            for limit in 0..PREFIX_ENDS + 5 {
+                let surveyed = survey(path, limit);
+                for depth in 0..=surveyed.depth {
+                    let expected = normal_prefix(path, depth);
+                    assert_eq!(surveyed.normal_prefix(path, depth), Some(expected), "{path} {limit} {depth}");
+                }
+            }
+        }
+        assert_eq!(survey("/a/B", 9).normal_prefix("/a/B", 1), None);
         for stored in ["/a", "/ab", "/a-b", "/b", "/a/b", "/a/bc", "/a-b/c"] {
             for requested in ["/a", "/ab", "/a-b", "/a/b", "/a/b/c", "/a-b/c/d", "/b", "/a/bb/x"] {
-                let depth = path_depth(stored).min(survey(requested, usize::MAX).0);
+                let depth = path_depth(stored).min(survey(requested, usize::MAX).depth);
                 assert_eq!(
                     stored.as_bytes().cmp(normal_prefix(requested, depth)),
                     compare_path(stored, requested, depth),
