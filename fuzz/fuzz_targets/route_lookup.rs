@@ -1,11 +1,11 @@
 //! Route-key normalisation and table lookup, against the reference model in `switchyard_router::reference`.
 //!
 //! The table is the router's hottest and least obvious code: a copy-on-write hash table of hosts whose context paths
-//! are binary-searched, request hosts rewritten in place in a stack buffer for the wildcard walk. A wrong answer here
-//! sends a request to another tenant's app, so each lookup is compared with the routing rules written the slow way. The
-//! fuzzer drives the real registry with registrations and unregistrations of backends on uris built from pieces that
-//! collide often (a few labels, `*`, `.`, `/`, `?`, `#`, ports, brackets, case) plus arbitrary text, then asks for
-//! hosts and paths built the same way. Checked after every step:
+//! are binary-searched, and a wildcard walk that tries only the suffix lengths the table's wildcards have. A wrong
+//! answer here sends a request to another tenant's app, so each lookup is compared with the routing rules written the
+//! slow way. The fuzzer drives the real registry with registrations and unregistrations of backends on uris built from
+//! pieces that collide often (a few labels, `*`, `.`, `/`, `?`, `#`, ports, brackets, case) plus arbitrary text, then
+//! asks for hosts and paths built the same way. Checked after every step:
 //!
 //! - registration uris normalise to the model's key, request hosts to the model's host;
 //! - the registry's outcome counts (routes and endpoints added and removed, invalid uris) are the model's;
