@@ -502,14 +502,6 @@ impl RouteTable {
         self.leaf(hash)?.find(hash.tag, |slot| name.is(slot.host()))
     }
 
-    /// The slot holding `host`.
-    fn host(&self, host: &[u8]) -> Option<(Hash, usize, &Slot)> {
-        let name = HostName::of(host);
-        let hash = self.hash(name);
-        let (index, slot) = self.find(name, hash)?;
-        Some((hash, index, slot))
-    }
-
     /// The pool serving a request: exact host before wildcards, longest context path within a host. When the
     /// request has wildcards to try, the home slots of its first four names are read before any is probed, so
     /// their cache misses overlap (see the module docs).
@@ -547,7 +539,8 @@ impl RouteTable {
 
     /// The pool registered at exactly `key`.
     pub fn get(&self, key: &RouteKey) -> Option<&Arc<Pool>> {
-        match self.host(key.host().as_bytes())?.2 {
+        let name = HostName::of(key.host().as_bytes());
+        match self.find(name, self.hash(name))?.1 {
             Slot::Root { pool, .. } => key.path().is_empty().then_some(pool),
             Slot::Paths { routes, .. } => routes.find(key.path(), true),
             Slot::Empty => None,
@@ -557,10 +550,9 @@ impl RouteTable {
     /// Sets (`Some`) or removes (`None`) the pool at `key`. Returns the previous pool.
     pub fn set(&mut self, key: &RouteKey, pool: Option<Arc<Pool>>) -> Option<Arc<Pool>> {
         let (host, path) = (key.host(), key.path());
-        let (hash, existing) = match self.host(host.as_bytes()) {
-            Some((hash, index, slot)) => (hash, Some((index, slot.clone()))),
-            None => (self.hash(HostName::of(host.as_bytes())), None),
-        };
+        let name = HostName::of(host.as_bytes());
+        let hash = self.hash(name);
+        let existing = self.find(name, hash).map(|(index, slot)| (index, slot.clone()));
         let mut routes = existing.as_ref().map(|(_, slot)| slot.routes()).unwrap_or_default();
         let adding = pool.is_some();
         let position = routes.iter().position(|(route, _)| *route == path);
@@ -579,11 +571,11 @@ impl RouteTable {
             (Some((index, _)), Some(slot)) => leaf.replace(index, slot),
             (Some((index, _)), None) => {
                 leaf.remove(index);
-                self.wildcards.count(HostName::of(host.as_bytes()), false);
+                self.wildcards.count(name, false);
             }
             (None, Some(slot)) => {
                 leaf.insert(slot);
-                self.wildcards.count(HostName::of(host.as_bytes()), true);
+                self.wildcards.count(name, true);
             }
             (None, None) => {}
         }
