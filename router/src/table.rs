@@ -24,9 +24,11 @@
 //! up to 45 bytes lives inside the pool, so this reads no further memory) or of the host's route list, so the host
 //! is stored once. A host with context paths keeps its name and its routes in one allocation, the routes grouped
 //! by depth and sorted within a group, so finding the longest match reads that one block and binary-searches each
-//! route depth present, deepest first. A request path already in normal form (lower case, no empty segment: the
-//! usual case) is compared with the stored paths as bytes; any other is compared segment by segment,
-//! case-insensitively, in the same order. Neither allocates.
+//! route depth present, deepest first. Paths sort as bytes except that `/` comes before every other byte; in that
+//! order a stored path compares with a whole request path as it does with the request's first segments, so a
+//! request path in normal form (lower case, no empty segment: the usual case) is compared as it is, with no pass
+//! to find where its segments end. Any other is compared segment by segment, case-insensitively, in the same
+//! order. Neither allocates.
 //!
 //! A request names its exact host and then the wildcards above it, and the table is asked only for the wildcards
 //! whose suffix length some wildcard host in it has (`route_key::WildcardLengths`). In a big table every name
@@ -137,7 +139,14 @@ impl Slot {
 /// the host's slot reads one more block of memory, not a chain of them. Hosts and paths up to 24 bytes are held
 /// inline (longer ones take an allocation each).
 #[derive(Debug, Clone)]
-struct HostRoutes(ThinArc<CompactString, PathRoute>);
+struct HostRoutes(ThinArc<HostHeader, PathRoute>);
+
+#[derive(Debug)]
+struct HostHeader {
+    host: CompactString,
+    /// The length of the longest context path: how much of a request path a search can read.
+    longest: usize,
+}
 
 #[derive(Debug)]
 struct PathRoute {
@@ -150,18 +159,19 @@ struct PathRoute {
 
 impl HostRoutes {
     fn new(host: &str, mut routes: Vec<(&str, Arc<Pool>)>) -> Self {
-        // Deepest first; within a depth, in byte order (which is how [`compare_path`] orders them).
-        routes.sort_by(|(a, _), (b, _)| path_depth(b).cmp(&path_depth(a)).then_with(|| a.cmp(b)));
+        // Deepest first; within a depth, in path order (see [`path_order`]).
+        routes.sort_by(|(a, _), (b, _)| path_depth(b).cmp(&path_depth(a)).then_with(|| path_order(a.as_bytes(), b.as_bytes())));
+        let longest = routes.iter().map(|(path, _)| path.len()).max().unwrap_or(0);
         let routes = routes.into_iter().map(|(path, pool)| PathRoute {
             path: CompactString::from(path),
             depth: path_depth(path),
             pool,
         });
-        Self(ThinArc::from_header_and_iter(CompactString::from(host), routes))
+        Self(ThinArc::from_header_and_iter(HostHeader { host: CompactString::from(host), longest }, routes))
     }
 
     fn host(&self) -> &[u8] {
-        self.0.header.header.as_bytes()
+        self.0.header.header.host.as_bytes()
     }
 
     fn routes(&self) -> &[PathRoute] {
@@ -177,25 +187,19 @@ impl HostRoutes {
     }
 
     /// The route whose path is the longest whole-segment prefix of `path`, or (when `exact`) equal to it.
+    ///
+    /// Each route depth present is searched by bisection, deepest first. A request path whose first `longest + 1`
+    /// bytes are already in normal form (the usual case) is compared whole, as bytes, with no pass to find where its
+    /// segments end (see [`against_request`]); any other is compared segment by segment. Both agree with the order
+    /// the routes are sorted in.
     fn find(&self, path: &str, exact: bool) -> Option<&Arc<Pool>> {
         let routes = self.routes();
-        let deepest = routes.first()?.depth;
-        // Counting one segment past the deepest route is enough to know the request is deeper than all of them.
-        let surveyed = survey(path, deepest.saturating_add(1));
-        let requested = surveyed.depth;
-        // The first group a request this deep can match; then each shallower group, deepest first.
-        let mut start = routes.partition_point(|route| route.depth > requested);
+        let as_bytes = normal_through(path.as_bytes(), self.0.header.header.longest.saturating_add(1));
+        let mut start = 0;
         while let Some(depth) = routes.get(start).map(|route| route.depth) {
-            if exact && depth != requested {
-                return None;
-            }
             let end = routes.partition_point(|route| route.depth >= depth);
-            // A request already in normal form (the usual case) is compared as bytes; anything else segment by
-            // segment. Both order as the normal form would.
-            let prefix = surveyed.normal_prefix(path, depth);
-            let order = |stored: &str| match prefix {
-                Some(prefix) => stored.as_bytes().cmp(prefix),
-                None => compare_path(stored, path, depth),
+            let order = |stored: &str| {
+                if as_bytes { against_request(stored.as_bytes(), path.as_bytes()) } else { compare_path(stored, path, depth) }
             };
             let (mut low, mut high) = (start, end);
             while low < high {
@@ -203,6 +207,8 @@ impl HostRoutes {
                 match order(self.path(middle)) {
                     Ordering::Less => low = middle + 1,
                     Ordering::Greater => high = middle,
+                    // A request deeper than this route cannot equal a shallower one either.
+                    Ordering::Equal if exact && path_depth(path) != depth => return None,
                     Ordering::Equal => return routes.get(middle).map(|route| &route.pool),
                 }
             }
@@ -212,21 +218,7 @@ impl HostRoutes {
     }
 }
 
-/// What one pass over a request path learns.
-struct PathSurvey {
-    /// Non-empty segments, counted no further than the limit given to [`survey`].
-    depth: usize,
-    /// Whether the path is in normal form (`/seg/seg`: no empty segment, no upper-case letter) as far as it was read.
-    normal: bool,
-    /// For a path in normal form, where its first few prefixes end (the `k`th entry: the prefix of `k + 1`
-    /// segments), so the binary search at each route depth compares against a slice found by this same pass.
-    prefix_ends: [usize; PREFIX_ENDS],
-}
-
-/// Prefixes whose ends [`survey`] records; deeper ones are found by another scan.
-const PREFIX_ENDS: usize = 8;
-
-/// Bytes [`survey`] classifies at a time.
+/// Bytes [`normal_through`] classifies at a time.
 const LANE: usize = 16;
 
 /// Which bytes of a block of up to [`LANE`] path bytes are `/`, and which are upper-case letters, as bit masks (bit
@@ -248,89 +240,91 @@ fn classify(block: &[u8]) -> (u32, u32) {
     (slashes, upper)
 }
 
-/// Surveys `path`, counting its segments no further than `limit`.
-///
-/// This runs on every request to a host with context paths, so it classifies the path a block at a time with bit
-/// masks instead of branching on every byte; the reading stops at the start of the segment past `limit`.
-fn survey(path: &str, limit: usize) -> PathSurvey {
-    let bytes = path.as_bytes();
-    let mut surveyed = PathSurvey { depth: 0, normal: bytes.first().is_none_or(|&first| first == b'/'), prefix_ends: [bytes.len(); PREFIX_ENDS] };
-    let mut slashes = 0usize;
-    // Whether the byte before the block is a `/`; a path begins as if after one, so its first byte starts a segment.
-    let mut after_slash = true;
-    for (index, block) in bytes.chunks(LANE).enumerate() {
+/// Whether the first `len` bytes of a request path (all of it, if shorter) are in normal form: a leading `/`, no
+/// empty segment, no upper-case letter. Such a prefix compares with stored paths as it is.
+fn normal_through(path: &[u8], len: usize) -> bool {
+    let Some(&first) = path.first() else { return true };
+    if first != b'/' {
+        return false;
+    }
+    let read = path.get(..len).unwrap_or(path);
+    // Whether the byte before the block is a `/`; the leading `/` is not an empty segment.
+    let mut after_slash = false;
+    for block in read.chunks(LANE) {
         let (slash, upper) = classify(block);
-        let read = u32::MAX >> (u32::BITS as usize - block.len());
-        let follows_slash = (slash << 1) | u32::from(after_slash);
-        let starts = !slash & follows_slash & read;
-        // A `/` after a `/` is an empty segment, except a path's leading `/`.
-        let mut empty = slash & follows_slash;
-        if index == 0 {
-            empty &= !1;
-        }
-        // Count the segments that start in the block, stopping at the start of the one past `limit`.
-        let mut kept = read;
-        let mut stopped = false;
-        let mut unseen = starts;
-        while unseen != 0 {
-            if surveyed.depth == limit {
-                kept = (1 << unseen.trailing_zeros()) - 1;
-                stopped = true;
-                break;
-            }
-            surveyed.depth += 1;
-            unseen &= unseen - 1;
-        }
-        surveyed.normal &= (empty | upper) & kept == 0;
-        let mut ends = slash & kept;
-        while ends != 0 && slashes <= PREFIX_ENDS {
-            // In normal form, the second `/` ends the prefix of one segment, the third that of two, and so on.
-            if let Some(end) = slashes.checked_sub(1).and_then(|prefix| surveyed.prefix_ends.get_mut(prefix)) {
-                *end = index * LANE + ends.trailing_zeros() as usize;
-            }
-            slashes += 1;
-            ends &= ends - 1;
-        }
-        if stopped {
-            break;
+        let empty = slash & ((slash << 1) | u32::from(after_slash));
+        if empty | upper != 0 {
+            return false;
         }
         after_slash = slash & (1 << (LANE - 1)) != 0;
     }
-    surveyed
+    true
 }
 
-impl PathSurvey {
-    /// The first `depth` segments of the surveyed `path` (at most its surveyed depth), when it is in normal form.
-    fn normal_prefix<'p>(&self, path: &'p str, depth: usize) -> Option<&'p [u8]> {
-        if !self.normal {
-            return None;
-        }
-        match depth.checked_sub(1) {
-            None => Some(&[]),
-            Some(prefix) => match self.prefix_ends.get(prefix) {
-                Some(&end) => path.as_bytes().get(..end),
-                None => Some(normal_prefix(path, depth)),
-            },
-        }
+/// Where a byte sorts in a context path: `/` before every other byte, so that a path orders before any longer
+/// path it is a whole-segment prefix of (`/a/b` before `/a/b-c`, though `-` is less than `/` as a byte).
+fn path_rank(byte: u8) -> u16 {
+    if byte == b'/' { 0 } else { u16::from(byte) + 1 }
+}
+
+/// Orders two context paths in normal form by [`path_rank`]: the order the routes of a host are kept in.
+fn path_order(a: &[u8], b: &[u8]) -> Ordering {
+    match first_difference(a, b) {
+        Some(at) => a.get(at).map(|&x| path_rank(x)).cmp(&b.get(at).map(|&y| path_rank(y))),
+        None => a.len().cmp(&b.len()),
     }
 }
 
-/// The first `depth` segments of a path in normal form: everything before its `depth + 1`th `/`.
-fn normal_prefix(path: &str, depth: usize) -> &[u8] {
-    let bytes = path.as_bytes();
-    let end = bytes.iter().enumerate().filter(|&(_, &b)| b == b'/').nth(depth).map_or(bytes.len(), |(index, _)| index);
-    bytes.get(..end).unwrap_or(bytes)
+/// Orders a stored context path of `d` segments against the first `d` segments of a request path whose bytes
+/// up to one past the stored path's length are in normal form, reading the request path as it is.
+///
+/// Because `/` sorts first, comparing against the whole request path gives the same answer as against its first
+/// `d` segments, except where the stored path is a prefix of the request path: then it is equal to those segments
+/// when the request path ends or goes on with a `/`, and shorter than them otherwise.
+fn against_request(stored: &[u8], requested: &[u8]) -> Ordering {
+    match first_difference(stored, requested) {
+        Some(at) => stored.get(at).map(|&x| path_rank(x)).cmp(&requested.get(at).map(|&y| path_rank(y))),
+        None => match requested.get(stored.len()) {
+            Some(b'/') => Ordering::Equal,
+            Some(_) => Ordering::Less,
+            None if requested.len() == stored.len() => Ordering::Equal,
+            None => Ordering::Greater,
+        },
+    }
 }
 
-/// Segments in a (normalised) context path.
+/// Bytes [`first_difference`] compares at a time.
+const WORD: usize = 8;
+
+/// Where two byte strings first differ, within the shorter one's length: eight bytes at a time, the last eight
+/// overlapping the ones before them rather than read one at a time.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    let len = a.len().min(b.len());
+    let Some(last) = len.checked_sub(WORD) else { return a.iter().zip(b).position(|(x, y)| x != y) };
+    let word = |bytes: &[u8], at: usize| bytes.get(at..at + WORD).and_then(|w| <[u8; WORD]>::try_from(w).ok()).map(u64::from_le_bytes);
+    let mut next = 0;
+    loop {
+        let at = next.min(last);
+        let differ = word(a, at).zip(word(b, at)).map_or(0, |(x, y)| x ^ y);
+        if differ != 0 {
+            // Little-endian: the lowest set byte is the first that differs.
+            return Some(at + differ.trailing_zeros() as usize / 8);
+        }
+        if at == last {
+            return None;
+        }
+        next = at + WORD;
+    }
+}
+
+/// Segments in a path (empty ones not counted).
 fn path_depth(path: &str) -> usize {
-    survey(path, usize::MAX).depth
+    path.split('/').filter(|segment| !segment.is_empty()).count()
 }
 
 /// Orders a stored context path (lower-case, normalised: `/seg/seg`) against the normalised form of the first
-/// `depth` segments of a requested path (its empty segments dropped, its ASCII letters lowered), as byte strings.
-/// This runs for every request to a host with context paths, so it compares a segment at a time in place instead
-/// of building the normalised request path.
+/// `depth` segments of a requested path (its empty segments dropped, its ASCII letters lowered), in
+/// [`path_order`]. It compares a segment at a time in place instead of building the normalised request path.
 fn compare_path(stored: &str, requested: &str, depth: usize) -> Ordering {
     let (mut stored, mut requested) = (stored.as_bytes(), requested.as_bytes());
     for _ in 0..depth {
@@ -341,12 +335,12 @@ fn compare_path(stored: &str, requested: &str, depth: usize) -> Ordering {
         match stored.split_first() {
             None => return Ordering::Less,
             Some((&b'/', tail)) => stored = tail,
-            Some((&other, _)) => return other.cmp(&b'/'),
+            Some(_) => return Ordering::Greater,
         }
         for (&a, &b) in stored.iter().zip(segment) {
             let b = b.to_ascii_lowercase();
             if a != b {
-                return a.cmp(&b);
+                return path_rank(a).cmp(&path_rank(b));
             }
         }
         let Some(tail) = stored.get(segment.len()..) else { return Ordering::Less };
@@ -929,83 +923,81 @@ mod tests {
     }
 
     #[test]
-    fn a_normal_request_path_is_compared_as_bytes_in_the_same_order() {
-        let shape = |path| {
-            let surveyed = survey(path, 9);
-            (surveyed.depth, surveyed.normal)
-        };
-        assert_eq!(shape("/a/b/c"), (3, true));
-        assert_eq!(shape("/a/b/"), (2, true));
-        assert_eq!(shape("/"), (0, true));
-        assert_eq!(shape(""), (0, true));
-        assert_eq!(survey("/a/b/c/d", 2).depth, 2);
-        assert_eq!(shape("/a/B"), (2, false));
-        assert_eq!(shape("/a//b"), (2, false));
-        assert_eq!(shape("//a"), (1, false));
-        assert_eq!(shape("a/b"), (2, false));
-        assert_eq!(normal_prefix("/a/b/c", 2), b"/a/b");
-        assert_eq!(normal_prefix("/a/b/", 2), b"/a/b");
-        assert_eq!(normal_prefix("/a/b/c", 0), b"");
-        // The ends the survey records agree with a scan, at every depth it can be asked for.
-        let deep: String = (0..PREFIX_ENDS + 3).map(|segment| format!("/s{segment}")).collect();
-        for path in ["/a/b/c", "/a/b/", "/a/b/c/d", "/", "", deep.as_str(), &format!("{deep}/")] {
-            for limit in 0..PREFIX_ENDS + 5 {
-                let surveyed = survey(path, limit);
-                for depth in 0..=surveyed.depth {
-                    let expected = normal_prefix(path, depth);
-                    assert_eq!(surveyed.normal_prefix(path, depth), Some(expected), "{path} {limit} {depth}");
-                }
-            }
+    fn a_normal_request_path_is_compared_as_it_is_in_the_same_order() {
+        for (path, len, normal) in [
+            ("/a/b/c", 100, true),
+            ("/a/b/", 100, true),
+            ("/", 100, true),
+            ("", 100, true),
+            ("/a/B", 100, false),
+            ("/a/B", 3, true),
+            ("/a//b", 100, false),
+            ("/a//b", 3, true),
+            ("//a", 100, false),
+            ("a/b", 100, false),
+            ("*", 100, false),
+        ] {
+            assert_eq!(normal_through(path.as_bytes(), len), normal, "{path} through {len}");
         }
-        assert_eq!(survey("/a/B", 9).normal_prefix("/a/B", 1), None);
-        for stored in ["/a", "/ab", "/a-b", "/b", "/a/b", "/a/bc", "/a-b/c"] {
-            for requested in ["/a", "/ab", "/a-b", "/a/b", "/a/b/c", "/a-b/c/d", "/b", "/a/bb/x"] {
-                let depth = path_depth(stored).min(survey(requested, usize::MAX).depth);
+        // `/` sorts first, so a path comes before any longer path it is a whole-segment prefix of.
+        assert_eq!(path_order(b"/a/b", b"/a/b-c"), Ordering::Less);
+        assert_eq!(path_order(b"/a/b", b"/a/b/c"), Ordering::Less);
+        assert_eq!(path_order(b"/a-b", b"/a/b"), Ordering::Greater);
+        for stored in ["", "/a", "/ab", "/a-b", "/b", "/a/b", "/a/bc", "/a-b/c"] {
+            for requested in ["", "/", "/a", "/a/", "/ab", "/a-b", "/a/b", "/a/b/c", "/a-b/c/d", "/b", "/a/bb/x", "/a/b-c"] {
                 assert_eq!(
-                    stored.as_bytes().cmp(normal_prefix(requested, depth)),
-                    compare_path(stored, requested, depth),
-                    "{stored} against {requested} at depth {depth}"
+                    against_request(stored.as_bytes(), requested.as_bytes()),
+                    compare_path(stored, requested, path_depth(stored)),
+                    "{stored} against {requested}"
                 );
             }
         }
     }
 
-    /// What [`survey`] must find, read one byte at a time.
-    fn survey_bytewise(path: &str, limit: usize) -> (usize, bool, [usize; PREFIX_ENDS]) {
-        let bytes = path.as_bytes();
-        let (mut depth, mut slashes) = (0, 0);
-        let mut normal = bytes.first().is_none_or(|&first| first == b'/');
-        let mut prefix_ends = [bytes.len(); PREFIX_ENDS];
-        let mut previous = b'/';
-        for (index, &byte) in bytes.iter().enumerate() {
-            if byte == b'/' {
-                normal &= previous != b'/' || index == 0;
-                if slashes > 0 && slashes <= PREFIX_ENDS {
-                    prefix_ends[slashes - 1] = index;
-                }
-                slashes += 1;
-            } else {
-                if previous == b'/' {
-                    if depth == limit {
-                        break;
-                    }
-                    depth += 1;
-                }
-                normal &= !byte.is_ascii_uppercase();
-            }
-            previous = byte;
-        }
-        (depth, normal, prefix_ends)
+    /// Whether the first `len` bytes of `path` are in normal form, read one byte at a time.
+    fn normal_through_bytewise(path: &str, len: usize) -> bool {
+        let read = path.as_bytes().get(..len).unwrap_or(path.as_bytes());
+        path.as_bytes().first().is_none_or(|&first| first == b'/')
+            && !read.iter().any(u8::is_ascii_uppercase)
+            && !read.windows(2).any(|pair| pair == b"//")
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
-        /// Paths of every length around the block size, made of slashes, letters of both cases and other bytes,
-        /// surveyed at every limit that can stop the reading inside, at the edge of, or past a block.
+        /// Paths of every length around the block size, made of slashes, letters of both cases and other bytes, read
+        /// up to lengths that end inside a block, at its edge and past the path.
         #[test]
-        fn the_block_survey_agrees_with_a_byte_at_a_time_one(path in "[/aZ.%é]{0,70}", limit in 0usize..40) {
-            let surveyed = survey(&path, limit);
-            proptest::prop_assert_eq!((surveyed.depth, surveyed.normal, surveyed.prefix_ends), survey_bytewise(&path, limit));
+        fn the_block_normal_form_check_agrees_with_a_byte_at_a_time_one(path in "[/aZ.%é]{0,70}", len in 0usize..80) {
+            proptest::prop_assert_eq!(normal_through(path.as_bytes(), len), normal_through_bytewise(&path, len));
+        }
+
+        /// The word-at-a-time search finds the first difference a byte-at-a-time one finds, in strings whose
+        /// lengths fall on both sides of a word.
+        #[test]
+        fn the_first_difference_is_found_a_word_at_a_time(shared in "[ab]{0,24}", a in "[ab]{0,6}", b in "[ab]{0,6}") {
+            let (a, b) = (format!("{shared}{a}"), format!("{shared}{b}"));
+            let expected = a.bytes().zip(b.bytes()).position(|(x, y)| x != y);
+            proptest::prop_assert_eq!(first_difference(a.as_bytes(), b.as_bytes()), expected);
+        }
+
+        /// Reading a request path in normal form as it is orders it against a stored path exactly as the
+        /// segment-by-segment comparison does. Segments include `-`, which is less than `/` as a byte.
+        #[test]
+        fn comparing_a_normal_request_path_whole_agrees_with_comparing_its_segments(
+            stored in proptest::collection::vec("[ab-]{1,3}", 0..4),
+            requested in proptest::collection::vec("[ab-]{1,3}", 0..5),
+            trailing_slash: bool,
+        ) {
+            let stored: String = stored.iter().map(|segment| format!("/{segment}")).collect();
+            let mut requested: String = requested.iter().map(|segment| format!("/{segment}")).collect();
+            if trailing_slash {
+                requested.push('/');
+            }
+            proptest::prop_assert!(normal_through(requested.as_bytes(), usize::MAX));
+            proptest::prop_assert_eq!(
+                against_request(stored.as_bytes(), requested.as_bytes()),
+                compare_path(&stored, &requested, path_depth(&stored))
+            );
         }
     }
 
