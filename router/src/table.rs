@@ -141,6 +141,7 @@ impl Slot {
 #[derive(Debug, Clone)]
 struct HostRoutes(ThinArc<HostHeader, PathRoute>);
 
+/// What a host's block holds before its routes.
 #[derive(Debug)]
 struct HostHeader {
     host: CompactString,
@@ -666,6 +667,27 @@ mod tests {
         assert_eq!(route(&t, "app.com", "/foo/bar/baz/qux").as_deref(), Some("app.com/foo/bar/baz"));
         assert_eq!(route(&t, "app.com", "/foobar").as_deref(), Some("app.com"));
         assert_eq!(route(&t, "APP.com:80", "/FOO/x").as_deref(), Some("app.com/foo"));
+    }
+
+    #[test]
+    fn paths_that_differ_by_a_byte_below_slash_are_told_apart() {
+        // `-` and `.` are less than `/` as bytes, so these sit next to each other in the search.
+        let t = table(&["app.com/a/b", "app.com/a/b-c", "app.com/a-b", "app.com/a/b.c/d", "app.com/a"]);
+        for (path, expected) in [
+            ("/a/b", "app.com/a/b"),
+            ("/a/b/x", "app.com/a/b"),
+            ("/a/b-c", "app.com/a/b-c"),
+            ("/a/b-c/x", "app.com/a/b-c"),
+            ("/a/b-", "app.com/a"),
+            ("/a/b.c", "app.com/a"),
+            ("/a/b.c/d/e", "app.com/a/b.c/d"),
+            ("/a-b/x", "app.com/a-b"),
+            ("/a-bc", ""),
+            ("/A//B-C/x", "app.com/a/b-c"),
+            ("/a//b.c//d", "app.com/a/b.c/d"),
+        ] {
+            assert_eq!(route(&t, "app.com", path).unwrap_or_default(), expected, "{path}");
+        }
     }
 
     #[test]
