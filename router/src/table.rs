@@ -283,14 +283,10 @@ fn path_order(a: &[u8], b: &[u8]) -> Ordering {
 /// `d` segments, except where the stored path is a prefix of the request path: then it is equal to those segments
 /// when the request path ends or goes on with a `/`, and shorter than them otherwise.
 fn against_request(stored: &[u8], requested: &[u8]) -> Ordering {
-    match first_difference(stored, requested) {
-        Some(at) => stored.get(at).map(|&x| path_rank(x)).cmp(&requested.get(at).map(|&y| path_rank(y))),
-        None => match requested.get(stored.len()) {
-            Some(b'/') => Ordering::Equal,
-            Some(_) => Ordering::Less,
-            None if requested.len() == stored.len() => Ordering::Equal,
-            None => Ordering::Greater,
-        },
+    match (path_order(stored, requested.get(..stored.len()).unwrap_or(requested)), requested.get(stored.len())) {
+        (Ordering::Equal, Some(b'/') | None) => Ordering::Equal,
+        (Ordering::Equal, Some(_)) => Ordering::Less,
+        (order, _) => order,
     }
 }
 
