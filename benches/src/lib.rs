@@ -13,6 +13,7 @@
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod instructions;
 pub mod load;
 pub mod nats;
 pub mod peers;

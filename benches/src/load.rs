@@ -2,6 +2,8 @@
 //! fixed rate for latency (open loop: with `--latency-correction` each request's latency counts from when it
 //! was due, not from when a free connection let it go, so a stall shows in the percentiles instead of hiding).
 //!
+//! `oha` also sends a fixed number of requests, for the instruction count.
+//!
 //! Both reports are read strictly: a run with socket errors or any answer other than 200 fails, because a proxy
 //! answering 404 or 502 quickly would otherwise look fast.
 
@@ -67,23 +69,30 @@ impl Load<'_> {
 
     /// Runs `oha` at `rate` requests per second and reads its JSON report.
     pub fn fixed_rate(&self, rate: f64) -> Result<Latency> {
-        let args = vec![
-            "--no-tui".to_owned(),
-            "--output-format".to_owned(),
-            "json".to_owned(),
+        self.oha(&[
             "--latency-correction".to_owned(),
             // Requests in flight at the deadline finish and count, instead of being reported as errors.
             "-w".to_owned(),
             "-q".to_owned(),
             format!("{}", rate.round().max(1.0)),
-            "-c".to_owned(),
-            self.connections.to_string(),
             "-z".to_owned(),
             format!("{}s", self.duration.as_secs().max(1)),
-            "-H".to_owned(),
-            format!("Host: {}", self.host),
-            self.url.clone(),
-        ];
+        ])
+    }
+
+    /// Sends exactly `requests` requests as fast as the connections allow (the duration is not used), with `oha`.
+    pub fn count(&self, requests: u64) -> Result<Latency> {
+        let latency = self.oha(&["-n".to_owned(), requests.to_string()])?;
+        if latency.requests != requests {
+            return Err(BenchError::BadRun { what: "oha".to_owned(), problem: format!("{} answers to {requests} requests", latency.requests) });
+        }
+        Ok(latency)
+    }
+
+    fn oha(&self, mode: &[String]) -> Result<Latency> {
+        let mut args = vec!["--no-tui".to_owned(), "--output-format".to_owned(), "json".to_owned()];
+        args.extend_from_slice(mode);
+        args.extend(["-c".to_owned(), self.connections.to_string(), "-H".to_owned(), format!("Host: {}", self.host), self.url.clone()]);
         let text = output("oha", pinned("oha", &args, self.cpus))?;
         parse_oha(&text)
     }

@@ -91,6 +91,37 @@ pub struct Peers {
     pub latency: Vec<LatencyRun>,
 }
 
+/// Instructions one proxy ran for a counted batch of requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstructionCount {
+    /// Target name (`nginx`, `haproxy`, `router-1t`).
+    pub target: String,
+    /// Logging mode.
+    pub logging: Logging,
+    /// Requests in the counted batch.
+    pub requests: u64,
+    /// Instructions the proxy's process ran in user space while serving them, all threads.
+    pub instructions: u64,
+}
+
+impl InstructionCount {
+    /// Instructions per request.
+    pub fn per_request(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.instructions as f64 / self.requests as f64)
+    }
+}
+
+/// The instruction count of every proxy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Instructions {
+    /// Uncounted requests each proxy served first.
+    pub warmup: u64,
+    /// Keep-alive connections.
+    pub connections: u32,
+    /// One count per proxy and logging mode.
+    pub counts: Vec<InstructionCount>,
+}
+
 /// Route-table memory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouteMemory {

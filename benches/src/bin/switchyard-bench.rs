@@ -8,6 +8,7 @@ use std::time::Duration;
 use switchyard_benches::error::BenchError;
 use std::net::SocketAddr;
 use switchyard_benches::ingest::{self, RouterUnderTest};
+use switchyard_benches::instructions;
 use switchyard_benches::nats::Nats;
 use switchyard_benches::peers::targets::{self, Environment, Target};
 use switchyard_benches::peers::{self, Binaries, Plan};
@@ -46,6 +47,27 @@ enum Command {
         /// Do not pin processes to CPUs.
         #[arg(long)]
         no_pin: bool,
+    },
+    /// Instructions per request of the router, nginx and haproxy, each counted by callgrind.
+    Instructions {
+        /// Directory holding the release `router` and `sample-backend`.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// Results directory (instructions.json, the callgrind dumps and the run's logs go here).
+        #[arg(long)]
+        results: PathBuf,
+        /// Requests counted per proxy and logging mode.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Uncounted requests each proxy serves first.
+        #[arg(long, default_value_t = 2_000)]
+        warmup: u64,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Proxies to count, by name (`nginx`, `haproxy`, `router-1t`).
+        #[arg(long, value_delimiter = ',', default_value = "nginx,haproxy,router-1t")]
+        targets: Vec<String>,
     },
     /// NATS ingest through a real router (release, one worker thread): bulk, then publish → routable latency.
     Ingest {
@@ -111,7 +133,7 @@ fn run_ingest(bin_dir: PathBuf, results_dir: PathBuf, registrations: usize, rate
     let nats = Nats::start(&logs, None)?;
     let (_backend, backend_port) = peers::start_backend(&bin_dir.join("sample-backend"), &logs, None)?;
     let router_binary = bin_dir.join("router");
-    let env = Environment { dir: &logs, backend_port, router_binary: &router_binary, nats: &nats, proxy_cpus: None, wide_cpus: None, runtime: &runtime };
+    let env = Environment { dir: &logs, backend_port, router_binary: &router_binary, nats: &nats, proxy_cpus: None, wide_cpus: None, runtime: &runtime, under: &[] };
     let router = targets::start(Target::Router(1), Logging::Off, &env)?;
     let status_port = router.status_port.ok_or_else(|| BenchError::BadRun { what: "ingest".to_owned(), problem: "the router has no status port".to_owned() })?;
     let under_test = RouterUnderTest {
@@ -164,11 +186,42 @@ fn run_peers(bin_dir: PathBuf, results_dir: PathBuf, rounds: u32, seconds: u64, 
     results::save(&results_dir.join("peers.json"), &measured)
 }
 
+fn run_instructions(bin_dir: PathBuf, results_dir: PathBuf, requests: u64, warmup: u64, connections: u32, names: Vec<String>) -> Result<(), BenchError> {
+    let known = [Target::Nginx, Target::Haproxy, Target::Router(1)];
+    let targets = names
+        .iter()
+        .map(|name| {
+            known.into_iter().find(|t| t.name() == *name).ok_or_else(|| BenchError::BadRun {
+                what: "--targets".to_owned(),
+                problem: format!("unknown proxy '{name}'; choose from nginx, haproxy, router-1t"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pin = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    let plan = instructions::Plan {
+        requests,
+        warmup,
+        connections,
+        targets,
+        logging: Logging::ALL.to_vec(),
+        proxy_cpus: pin.then(|| "0".to_owned()),
+        load_cpus: pin.then(|| "1".to_owned()),
+    };
+    let logs = results_subdir(&results_dir, "instructions-logs")?;
+    let router = bin_dir.join("router");
+    let backend = bin_dir.join("sample-backend");
+    let measured = instructions::run(&plan, &Binaries { router: &router, backend: &backend }, &logs)?;
+    results::save(&results_dir.join("instructions.json"), &measured)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Peers { bin_dir, results, rounds, seconds, latency_seconds, connections, no_pin } => {
             run_peers(bin_dir, results, rounds, seconds, latency_seconds, connections, no_pin)
+        }
+        Command::Instructions { bin_dir, results, requests, warmup, connections, targets } => {
+            run_instructions(bin_dir, results, requests, warmup, connections, targets)
         }
         Command::Ingest { bin_dir, results, registrations, rate, samples } => run_ingest(bin_dir, results, registrations, rate, samples),
         Command::Report { results, criterion, repo, run } => run_report(results, criterion, repo, run),

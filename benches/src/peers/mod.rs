@@ -133,6 +133,7 @@ pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Peers> {
         proxy_cpus: plan.proxy_cpus.as_deref(),
         wide_cpus: plan.wide_cpus.as_deref(),
         runtime: &runtime,
+        under: &[],
     };
     let mut peers = Peers {
         placement: plan.placement(),

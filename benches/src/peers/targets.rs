@@ -67,6 +67,22 @@ pub struct Environment<'a> {
     pub wide_cpus: Option<&'a str>,
     /// A runtime for NATS and HTTP clients.
     pub runtime: &'a tokio::runtime::Runtime,
+    /// A tool every proxy runs under, as a command line the proxy's own is appended to (callgrind, for the
+    /// instruction count); empty to run the proxies as they are.
+    pub under: &'a [String],
+}
+
+impl Environment<'_> {
+    /// The command that starts a proxy: `program args` pinned to `cpus`, under [`Environment::under`] if set.
+    fn command(&self, program: &str, args: &[String], cpus: Option<&str>) -> std::process::Command {
+        match self.under.split_first() {
+            None => pinned(program, args, cpus),
+            Some((tool, tool_args)) => {
+                let whole: Vec<String> = tool_args.iter().cloned().chain(std::iter::once(program.to_owned())).chain(args.iter().cloned()).collect();
+                pinned(tool, &whole, cpus)
+            }
+        }
+    }
 }
 
 /// A started target.
@@ -152,16 +168,19 @@ fn wait_ready(process: &mut Spawned, what: &str, port: u16) -> Result<()> {
     listening
 }
 
-fn nginx_config(dir: &Path, port: u16, backend: u16, logging: Logging) -> String {
+/// nginx's configuration. `master` runs the usual master and one worker; without it the one process serves (under
+/// a tool, which cannot reach a forked worker's counters).
+fn nginx_config(dir: &Path, port: u16, backend: u16, logging: Logging, master: bool) -> String {
     let d = dir.display();
     let access_log = match logging {
         Logging::On => format!("access_log {d}/nginx-access.log combined buffer=64k flush=1s;"),
         Logging::Off => "access_log off;".to_owned(),
     };
     let user = if nix::unistd::geteuid().is_root() { "user root;" } else { "" };
+    let master = if master { "on" } else { "off" };
     format!(
         "daemon off;
-master_process on;
+master_process {master};
 worker_processes 1;
 {user}
 pid {d}/nginx.pid;
@@ -206,23 +225,29 @@ http {{
 fn start_nginx(logging: Logging, env: &Environment<'_>) -> Result<Running> {
     require_tool("nginx", "run `apt-get install -y nginx`")?;
     let port = free_port()?;
-    let config = write(env.dir.join(format!("nginx-{logging:?}.conf")), &nginx_config(env.dir, port, env.backend_port, logging))?;
+    let master = env.under.is_empty();
+    let config = write(env.dir.join(format!("nginx-{logging:?}.conf")), &nginx_config(env.dir, port, env.backend_port, logging, master))?;
     let args = vec!["-c".to_owned(), config.display().to_string(), "-e".to_owned(), env.dir.join("nginx-error.log").display().to_string()];
-    let mut process = Spawned::start("nginx", pinned("nginx", &args, env.proxy_cpus), env.dir)?;
+    let mut process = Spawned::start("nginx", env.command("nginx", &args, env.proxy_cpus), env.dir)?;
     wait_ready(&mut process, "nginx", port)?;
+    let pid = process.pid();
     // The master forks one worker; the worker serves every request, so it is the one measured.
-    let master = process.pid();
+    let measured = if master { worker_of(pid)? } else { pid };
+    Ok(Running { target: Target::Nginx, port, measured_pid: Some(measured), status_port: None, process: Some(process) })
+}
+
+/// The worker nginx's master `master` forked.
+fn worker_of(master: u32) -> Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let worker = loop {
+    loop {
         if let Some(worker) = procstat::children(master).first().copied() {
-            break worker;
+            return Ok(worker);
         }
         if Instant::now() > deadline {
             return Err(BenchError::Timeout { what: "nginx's worker process".to_owned(), seconds: 5 });
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(Running { target: Target::Nginx, port, measured_pid: Some(worker), status_port: None, process: Some(process) })
+    }
 }
 
 fn haproxy_config(port: u16, backend: u16, logging: Logging) -> String {
@@ -271,7 +296,7 @@ fn start_haproxy(logging: Logging, env: &Environment<'_>) -> Result<Running> {
         Logging::On => "haproxy-access",
         Logging::Off => "haproxy",
     };
-    let mut process = Spawned::start(log_name, pinned("haproxy", &args, env.proxy_cpus), env.dir)?;
+    let mut process = Spawned::start(log_name, env.command("haproxy", &args, env.proxy_cpus), env.dir)?;
     wait_ready(&mut process, "haproxy", port)?;
     let pid = process.pid();
     Ok(Running { target: Target::Haproxy, port, measured_pid: Some(pid), status_port: None, process: Some(process) })
@@ -298,7 +323,7 @@ worker_threads: {threads}
     let cpus = if threads > 1 { env.wide_cpus } else { env.proxy_cpus };
     let args = vec!["--config".to_owned(), config.display().to_string()];
     let program = env.router_binary.display().to_string();
-    let mut process = Spawned::start(&format!("router-{threads}t"), pinned(&program, &args, cpus), env.dir)?;
+    let mut process = Spawned::start(&format!("router-{threads}t"), env.command(&program, &args, cpus), env.dir)?;
     wait_ready(&mut process, "router", port)?;
     let pid = process.pid();
     Ok(Running { target: Target::Router(threads), port, measured_pid: Some(pid), status_port: Some(status_port), process: Some(process) })
@@ -310,11 +335,13 @@ mod tests {
 
     #[test]
     fn peer_configs_carry_the_fairness_settings() {
-        let nginx = nginx_config(Path::new("/tmp/x"), 8000, 9000, Logging::On);
+        let nginx = nginx_config(Path::new("/tmp/x"), 8000, 9000, Logging::On, true);
         for needle in ["worker_processes 1;", "keepalive 64;", "keepalive_requests 1000000;", "server_name app.bench.test;", "buffer=64k"] {
             assert!(nginx.contains(needle), "nginx config lacks {needle}");
         }
-        assert!(nginx_config(Path::new("/tmp/x"), 8000, 9000, Logging::Off).contains("access_log off;"));
+        assert!(nginx.contains("master_process on;"));
+        assert!(nginx_config(Path::new("/tmp/x"), 8000, 9000, Logging::Off, true).contains("access_log off;"));
+        assert!(nginx_config(Path::new("/tmp/x"), 8000, 9000, Logging::Off, false).contains("master_process off;"));
         let haproxy = haproxy_config(8000, 9000, Logging::On);
         for needle in ["nbthread 1", "http-reuse always", "hdr(host) -i app.bench.test", "option httplog", "server app1 127.0.0.1:9000"] {
             assert!(haproxy.contains(needle), "haproxy config lacks {needle}");

@@ -6,7 +6,7 @@
 pub mod svg;
 
 use crate::error::Result;
-use crate::results::{self, Ingest, Logging, Peers, RouteMemory};
+use crate::results::{self, Ingest, Instructions, Logging, Peers, RouteMemory};
 use crate::routes::{LOOKUPS_PER_ITERATION, Shape};
 use crate::stats::{median, ratio};
 use std::fmt::Write as _;
@@ -32,6 +32,8 @@ pub struct Inputs {
     pub run: String,
     /// Peer comparison.
     pub peers: Option<Peers>,
+    /// Instructions per request under callgrind.
+    pub instructions: Option<Instructions>,
     /// Route lookups.
     pub lookups: Vec<Lookup>,
     /// Route memory.
@@ -297,6 +299,44 @@ fn peer_tables(md: &mut String, peers: &Peers) {
     }
 }
 
+fn instruction_table(md: &mut String, instructions: Option<&Instructions>) {
+    md.push_str("### Instructions per request (callgrind)\n\n");
+    let Some(instructions) = instructions else {
+        md.push_str("Not run.\n\n");
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "User-space instructions each proxy's process ran per request (all threads), counted by callgrind over a fixed batch \
+         of requests from {} keep-alive connections after {} uncounted ones. The kernel's share, most of each request's CPU \
+         above, is not in it, nor are cache misses: this is not a CPU time. It moves by about a percent between runs, where \
+         the times above move by tens of percent, so it is the figure to judge a change to the router's hot path by. Under \
+         callgrind nginx runs without its master process, and the router's /metrics is not scraped.\n",
+        instructions.connections,
+        number(instructions.warmup as f64)
+    );
+    let per_request = |target: &str, logging: Logging| {
+        instructions.counts.iter().find(|c| c.target == target && c.logging == logging).and_then(results::InstructionCount::per_request)
+    };
+    md.push_str("| proxy | log + metrics on | × nginx | × haproxy | log + metrics off | × nginx | × haproxy | requests counted |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for target in ["nginx", "haproxy", "router-1t"] {
+        let mut row = format!("| {target} |");
+        for logging in Logging::ALL {
+            let count = per_request(target, logging);
+            let _ = write!(
+                row,
+                " {} | {} | {} |",
+                cell(count),
+                times(ratio(count, per_request("nginx", logging))),
+                times(ratio(count, per_request("haproxy", logging)))
+            );
+        }
+        let requests = instructions.counts.iter().find(|c| c.target == target).map(|c| c.requests as f64);
+        let _ = writeln!(md, "{row} {} |", cell(requests));
+    }
+    md.push('\n');
+}
+
 /// The plot of throughput and p99 per target.
 pub fn plot(peers: &Peers) -> String {
     let groups = |value: &dyn Fn(&str, Logging) -> Option<f64>| {
@@ -349,6 +389,7 @@ pub fn render(inputs: &Inputs) -> String {
         None => md.push_str("Not run.\n\n"),
     }
     md.push_str(SETUP);
+    instruction_table(&mut md, inputs.instructions.as_ref());
 
     let _ = writeln!(
         md,
@@ -496,9 +537,9 @@ writes its gorouter-format access log and its /metrics is scraped every second. 
 the router's metrics cannot be switched off, so they are still counted. Every run must answer only 200s, or the run fails.\n\n";
 
 const REPRODUCE: &str = "\n## Reproduce\n\n```\nscripts/bench            # everything, about 15 minutes\nscripts/bench --quick    # one short round of each, about 4 minutes\n```\n\n\
-`scripts/bench` installs what is missing (nginx, haproxy, wrk, nats-server from Debian; oha with `cargo install oha --locked`), builds \
+`scripts/bench` installs what is missing (nginx, haproxy, wrk, nats-server, valgrind from Debian; oha with `cargo install oha --locked`), builds \
 the release binaries, runs `cargo bench -p switchyard-benches --bench route_lookup`, `route-memory`, `switchyard-bench ingest` \
-and `switchyard-bench peers`, the LB scale script and (full mode) the IPVS VM test, then writes this file and the plot with \
+`switchyard-bench peers` and `switchyard-bench instructions`, the LB scale script and (full mode) the IPVS VM test, then writes this file and the plot with \
 `switchyard-bench report`. Raw numbers and every process's log stay in the results directory it prints.\n";
 
 /// Reads a results directory (and criterion's output) into [`Inputs`].
@@ -508,6 +549,7 @@ pub fn collect(results_dir: &Path, criterion_dir: &Path) -> Result<Inputs> {
         machine: machine(),
         run: String::new(),
         peers: results::load(&results_dir.join("peers.json"))?,
+        instructions: results::load(&results_dir.join("instructions.json"))?,
         lookups: lookups(criterion_dir),
         memory: results::load(&results_dir.join("memory.json"))?,
         ingest: results::load(&results_dir.join("ingest.json"))?,
@@ -594,6 +636,25 @@ mod tests {
         assert!(md.contains("| nginx | 20.0 | 12.0 (60%) | 8.0 | 1.00× | 0.80× | 1.0 |"), "{md}");
         assert!(md.contains("route lookup at 1M routes, slowest kind (median) | ≤ 150 ns | – | not measured |"));
         assert!(md.contains("![throughput and p99 per proxy](x.svg)"));
+    }
+
+    #[test]
+    fn instruction_counts_are_set_beside_nginx_and_haproxy() {
+        let count = |target: &str, logging, instructions| results::InstructionCount { target: target.to_owned(), logging, requests: 10_000, instructions };
+        let instructions = Instructions {
+            warmup: 2000,
+            connections: 32,
+            counts: vec![
+                count("nginx", Logging::On, 300_000_000),
+                count("haproxy", Logging::On, 500_000_000),
+                count("router-1t", Logging::On, 400_000_000),
+                count("nginx", Logging::Off, 250_000_000),
+            ],
+        };
+        let md = render(&Inputs { instructions: Some(instructions), ..Inputs::default() });
+        assert!(md.contains("| router-1t | 40,000 | 1.33× | 0.80× | – | – | – | 10,000 |"), "{md}");
+        assert!(md.contains("| nginx | 30,000 | 1.00× | 0.60× | 25,000 | 1.00× | – | 10,000 |"), "{md}");
+        assert!(render(&Inputs::default()).contains("### Instructions per request (callgrind)\n\nNot run."));
     }
 
     #[test]
