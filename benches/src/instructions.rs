@@ -14,10 +14,8 @@
 //! most instructions themselves, per request, read from the same dump.
 
 use crate::error::{BenchError, Result};
-use crate::load::Load;
-use crate::nats::Nats;
-use crate::peers::targets::{self, Environment, HOST, Running, Target};
-use crate::peers::{Binaries, client_runtime, start_backend};
+use crate::peers::targets::{self, Running};
+use crate::peers::{Binaries, Lineup, Stand};
 use crate::process::{output, require_tool};
 use crate::results::{InstructionCount, Instructions, Logging};
 use std::collections::HashMap;
@@ -32,47 +30,27 @@ pub struct Plan {
     pub requests: u64,
     /// Uncounted requests first.
     pub warmup: u64,
-    /// Keep-alive connections.
-    pub connections: u32,
-    /// Which proxies.
-    pub targets: Vec<Target>,
-    /// Which logging modes.
-    pub logging: Vec<Logging>,
-    /// CPUs for the proxies.
-    pub proxy_cpus: Option<String>,
-    /// CPUs for the backend, NATS and the load generator.
-    pub load_cpus: Option<String>,
+    /// What is counted, and where everything runs.
+    pub lineup: Lineup,
 }
 
 /// Counts every target in every logging mode. Progress goes to stderr.
 pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Instructions> {
     require_tool("valgrind", "run `apt-get install -y valgrind`")?;
     require_tool("callgrind_control", "run `apt-get install -y valgrind`")?;
-    let runtime = client_runtime()?;
-    let load_cpus = plan.load_cpus.as_deref();
-    let nats = Nats::start(dir, load_cpus)?;
-    let (mut backend, backend_port) = start_backend(binaries.backend, dir, load_cpus)?;
+    let lineup = &plan.lineup;
+    let mut stand = Stand::start(binaries.backend, dir, lineup.load_cpus.as_deref())?;
     let under = ["valgrind".to_owned(), "--tool=callgrind".to_owned(), format!("--callgrind-out-file={}/callgrind.%p", dir.display())];
-    let env = Environment {
-        dir,
-        backend_port,
-        router_binary: binaries.router,
-        nats: &nats,
-        proxy_cpus: plan.proxy_cpus.as_deref(),
-        wide_cpus: plan.proxy_cpus.as_deref(),
-        runtime: &runtime,
-        under: &under,
-    };
-    let mut measured = Instructions { warmup: plan.warmup, connections: plan.connections, counts: Vec::new() };
-    for &logging in &plan.logging {
-        for &target in &plan.targets {
-            let mut running = targets::start(target, logging, &env)?;
+    let mut measured = Instructions { warmup: plan.warmup, connections: lineup.connections, counts: Vec::new() };
+    for &logging in &lineup.logging {
+        for &target in &lineup.targets {
+            let mut running = targets::start(target, logging, &stand.environment(dir, binaries.router, lineup, &under))?;
             let count = count(plan, &mut running, logging, dir)?;
             if let Some(per_request) = count.per_request() {
                 eprintln!("   {:>10}, {}: {per_request:.0} instructions per request", count.target, logging.describe());
             }
             measured.counts.push(count);
-            backend.ensure_running()?;
+            stand.ensure_backend()?;
         }
     }
     Ok(measured)
@@ -81,13 +59,8 @@ pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Instructi
 fn count(plan: &Plan, running: &mut Running, logging: Logging, dir: &Path) -> Result<InstructionCount> {
     let name = running.target.name();
     let pid = running.measured_pid.ok_or_else(|| BenchError::BadRun { what: name.clone(), problem: "no process to count".to_owned() })?;
-    let load = Load {
-        url: format!("http://127.0.0.1:{}/", running.port),
-        host: HOST,
-        connections: plan.connections,
-        duration: Duration::ZERO,
-        cpus: plan.load_cpus.as_deref(),
-    };
+    // A fixed count of requests: the load's duration does not apply.
+    let load = plan.lineup.load(running, Duration::ZERO);
     load.count(plan.warmup)?;
     control(pid, "-z")?;
     load.count(plan.requests)?;

@@ -9,9 +9,8 @@ use switchyard_benches::error::BenchError;
 use std::net::SocketAddr;
 use switchyard_benches::ingest::{self, RouterUnderTest};
 use switchyard_benches::instructions;
-use switchyard_benches::nats::Nats;
-use switchyard_benches::peers::targets::{self, Environment, Target};
-use switchyard_benches::peers::{self, Binaries, Plan};
+use switchyard_benches::peers::targets::{self, Target};
+use switchyard_benches::peers::{self, Binaries, Lineup, Plan, Stand};
 use switchyard_benches::report;
 use switchyard_benches::results::{self, Ingest, Logging};
 
@@ -129,20 +128,18 @@ fn results_subdir(results_dir: &std::path::Path, name: &str) -> Result<PathBuf, 
 
 fn run_ingest(bin_dir: PathBuf, results_dir: PathBuf, registrations: usize, rate: f64, samples: usize) -> Result<(), BenchError> {
     let logs = results_subdir(&results_dir, "ingest-logs")?;
-    let runtime = peers::client_runtime()?;
-    let nats = Nats::start(&logs, None)?;
-    let (_backend, backend_port) = peers::start_backend(&bin_dir.join("sample-backend"), &logs, None)?;
+    let stand = Stand::start(&bin_dir.join("sample-backend"), &logs, None)?;
     let router_binary = bin_dir.join("router");
-    let env = Environment { dir: &logs, backend_port, router_binary: &router_binary, nats: &nats, proxy_cpus: None, wide_cpus: None, runtime: &runtime, under: &[] };
-    let router = targets::start(Target::Router(1), Logging::Off, &env)?;
+    let lineup = Lineup::default();
+    let router = targets::start(Target::Router(1), Logging::Off, &stand.environment(&logs, &router_binary, &lineup, &[]))?;
     let status_port = router.status_port.ok_or_else(|| BenchError::BadRun { what: "ingest".to_owned(), problem: "the router has no status port".to_owned() })?;
     let under_test = RouterUnderTest {
         proxy: SocketAddr::from(([127, 0, 0, 1], router.port)),
         status: SocketAddr::from(([127, 0, 0, 1], status_port)),
-        backend_port,
+        backend_port: stand.backend_port(),
     };
-    let measured = runtime.block_on(async {
-        let client = nats.client().await?;
+    let measured = stand.runtime().block_on(async {
+        let client = stand.nats().client().await?;
         eprintln!("-- bulk: {registrations} registrations");
         let bulk = ingest::bulk(&client, under_test, "bulk", registrations).await?;
         eprintln!(
@@ -172,12 +169,14 @@ fn run_peers(bin_dir: PathBuf, results_dir: PathBuf, rounds: u32, seconds: u64, 
         saturation: Duration::from_secs(seconds),
         latency: Duration::from_secs(latency_seconds),
         warmup: Duration::from_secs(1),
-        connections,
-        targets: vec![Target::Direct, Target::Nginx, Target::Haproxy, Target::Router(1), Target::Router(2)],
-        logging: Logging::ALL.to_vec(),
-        proxy_cpus: pin.then(|| "0".to_owned()),
-        wide_cpus: pin.then(|| "0,1".to_owned()),
-        load_cpus: pin.then(|| "1".to_owned()),
+        lineup: Lineup {
+            targets: vec![Target::Direct, Target::Nginx, Target::Haproxy, Target::Router(1), Target::Router(2)],
+            logging: Logging::ALL.to_vec(),
+            connections,
+            proxy_cpus: pin.then(|| "0".to_owned()),
+            wide_cpus: pin.then(|| "0,1".to_owned()),
+            load_cpus: pin.then(|| "1".to_owned()),
+        },
     };
     let logs = results_subdir(&results_dir, "peers-logs")?;
     let router = bin_dir.join("router");
@@ -198,15 +197,15 @@ fn run_instructions(bin_dir: PathBuf, results_dir: PathBuf, requests: u64, warmu
         })
         .collect::<Result<Vec<_>, _>>()?;
     let pin = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
-    let plan = instructions::Plan {
-        requests,
-        warmup,
-        connections,
+    let lineup = Lineup {
         targets,
         logging: Logging::ALL.to_vec(),
+        connections,
         proxy_cpus: pin.then(|| "0".to_owned()),
+        wide_cpus: pin.then(|| "0".to_owned()),
         load_cpus: pin.then(|| "1".to_owned()),
     };
+    let plan = instructions::Plan { requests, warmup, lineup };
     let logs = results_subdir(&results_dir, "instructions-logs")?;
     let router = bin_dir.join("router");
     let backend = bin_dir.join("sample-backend");

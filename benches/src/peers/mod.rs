@@ -34,12 +34,19 @@ pub struct Plan {
     pub latency: Duration,
     /// Unmeasured load before each saturation run (connections open, caches warm).
     pub warmup: Duration,
-    /// Keep-alive connections.
-    pub connections: u32,
-    /// What to measure.
+    /// What is measured, and where everything runs.
+    pub lineup: Lineup,
+}
+
+/// What is measured and where everything runs, for every way of measuring the proxies.
+#[derive(Debug, Clone, Default)]
+pub struct Lineup {
+    /// The targets.
     pub targets: Vec<Target>,
     /// Which logging modes.
     pub logging: Vec<Logging>,
+    /// Keep-alive connections of the load.
+    pub connections: u32,
     /// CPUs for single-threaded proxies.
     pub proxy_cpus: Option<String>,
     /// CPUs for the two-thread router.
@@ -48,7 +55,7 @@ pub struct Plan {
     pub load_cpus: Option<String>,
 }
 
-impl Plan {
+impl Lineup {
     fn placement(&self) -> String {
         match (&self.proxy_cpus, &self.wide_cpus, &self.load_cpus) {
             (Some(proxy), Some(wide), Some(load)) => format!(
@@ -56,6 +63,71 @@ impl Plan {
             ),
             _ => "not pinned (the kernel places every process)".to_owned(),
         }
+    }
+
+    /// A load of `duration` against `target`, from the lineup's connections and load CPUs.
+    pub fn load(&self, target: &Running, duration: Duration) -> Load<'_> {
+        Load {
+            url: format!("http://127.0.0.1:{}/", target.port),
+            host: HOST,
+            connections: self.connections,
+            duration,
+            cpus: self.load_cpus.as_deref(),
+        }
+    }
+}
+
+/// What the targets of a run stand on: the harness's own runtime, NATS (the router learns its route there) and
+/// the backend every target forwards to. Dropping it stops them.
+pub struct Stand {
+    runtime: tokio::runtime::Runtime,
+    nats: Nats,
+    backend: Spawned,
+    backend_port: u16,
+}
+
+impl Stand {
+    /// Starts NATS and the backend on `load_cpus`, logging to `dir`.
+    pub fn start(backend: &Path, dir: &Path, load_cpus: Option<&str>) -> Result<Self> {
+        let runtime = client_runtime()?;
+        let nats = Nats::start(dir, load_cpus)?;
+        let (backend, backend_port) = start_backend(backend, dir, load_cpus)?;
+        Ok(Self { runtime, nats, backend, backend_port })
+    }
+
+    /// How targets are started on this stand: placed as `lineup` says, and run under `under` (see
+    /// [`Environment::under`]).
+    pub fn environment<'a>(&'a self, dir: &'a Path, router: &'a Path, lineup: &'a Lineup, under: &'a [String]) -> Environment<'a> {
+        Environment {
+            dir,
+            backend_port: self.backend_port,
+            router_binary: router,
+            nats: &self.nats,
+            proxy_cpus: lineup.proxy_cpus.as_deref(),
+            wide_cpus: lineup.wide_cpus.as_deref(),
+            runtime: &self.runtime,
+            under,
+        }
+    }
+
+    /// The harness's runtime.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// NATS.
+    pub fn nats(&self) -> &Nats {
+        &self.nats
+    }
+
+    /// The backend's port.
+    pub fn backend_port(&self) -> u16 {
+        self.backend_port
+    }
+
+    /// Fails if the backend has died.
+    pub fn ensure_backend(&mut self) -> Result<()> {
+        self.backend.ensure_running()
     }
 }
 
@@ -102,7 +174,7 @@ impl Drop for Scraper {
 }
 
 /// The runtime the harness's own NATS and HTTP clients run on (one thread; the harness is not the load).
-pub fn client_runtime() -> Result<tokio::runtime::Runtime> {
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -111,7 +183,7 @@ pub fn client_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Starts the sample backend (one thread) on a free port, pinned to `cpus`.
-pub fn start_backend(binary: &Path, dir: &Path, cpus: Option<&str>) -> Result<(Spawned, u16)> {
+fn start_backend(binary: &Path, dir: &Path, cpus: Option<&str>) -> Result<(Spawned, u16)> {
     let port = free_port()?;
     let args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--threads".to_owned(), "1".to_owned()];
     let process = Spawned::start("backend", pinned(&binary.display().to_string(), &args, cpus), dir)?;
@@ -121,34 +193,20 @@ pub fn start_backend(binary: &Path, dir: &Path, cpus: Option<&str>) -> Result<(S
 
 /// Runs the comparison. Progress goes to stderr.
 pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Peers> {
-    let runtime = client_runtime()?;
-    let load_cpus = plan.load_cpus.as_deref();
-    let nats = Nats::start(dir, load_cpus)?;
-    let (mut backend, backend_port) = start_backend(binaries.backend, dir, load_cpus)?;
-    let env = Environment {
-        dir,
-        backend_port,
-        router_binary: binaries.router,
-        nats: &nats,
-        proxy_cpus: plan.proxy_cpus.as_deref(),
-        wide_cpus: plan.wide_cpus.as_deref(),
-        runtime: &runtime,
-        under: &[],
-    };
+    let lineup = &plan.lineup;
+    let mut stand = Stand::start(binaries.backend, dir, lineup.load_cpus.as_deref())?;
     let mut peers = Peers {
-        placement: plan.placement(),
+        placement: lineup.placement(),
         saturation_seconds: plan.saturation.as_secs(),
         latency_seconds: plan.latency.as_secs(),
-        connections: plan.connections,
+        connections: lineup.connections,
         rounds: plan.rounds,
         ..Peers::default()
     };
-    for &logging in &plan.logging {
+    for &logging in &lineup.logging {
         eprintln!("-- {}", logging.describe());
-        let mut running = Vec::new();
-        for &target in &plan.targets {
-            running.push(targets::start(target, logging, &env)?);
-        }
+        let env = stand.environment(dir, binaries.router, lineup, &[]);
+        let mut running = lineup.targets.iter().map(|&target| targets::start(target, logging, &env)).collect::<Result<Vec<_>>>()?;
         let _scraper = (logging == Logging::On).then(|| Scraper::start(running.iter().filter_map(|r| r.status_port).collect()));
         for round in 0..plan.rounds {
             for index in rotated(running.len(), round) {
@@ -157,7 +215,7 @@ pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Peers> {
                 eprintln!("   saturation round {}/{} {:>10}: {}", round + 1, plan.rounds, target.target.name(), describe_saturation(&run));
                 peers.saturation.push(run);
             }
-            backend.ensure_running()?;
+            stand.ensure_backend()?;
         }
         let nginx_rates: Vec<f64> =
             peers.saturation.iter().filter(|r| r.logging == logging && r.target == "nginx").map(|r| r.requests_per_second).collect();
@@ -192,25 +250,15 @@ fn rotated(count: usize, round: u32) -> Vec<usize> {
     (0..count).map(|i| (i + shift) % count.max(1)).collect()
 }
 
-fn load<'a>(plan: &'a Plan, target: &Running, duration: Duration) -> Load<'a> {
-    Load {
-        url: format!("http://127.0.0.1:{}/", target.port),
-        host: HOST,
-        connections: plan.connections,
-        duration,
-        cpus: plan.load_cpus.as_deref(),
-    }
-}
-
 fn saturate(plan: &Plan, target: &mut Running, logging: Logging, round: u32) -> Result<SaturationRun> {
     let name = target.target.name();
     let what = |e: BenchError| against(e, &name);
     if !plan.warmup.is_zero() {
-        load(plan, target, plan.warmup).saturate().map_err(what)?;
+        plan.lineup.load(target, plan.warmup).saturate().map_err(what)?;
     }
     target.ensure_running()?;
     let cpu_before = target.cpu_time()?;
-    let measured = load(plan, target, plan.saturation).saturate().map_err(what)?;
+    let measured = plan.lineup.load(target, plan.saturation).saturate().map_err(what)?;
     let cpu_after = target.cpu_time()?;
     target.ensure_running()?;
     let per_request = |seconds: fn(CpuTime) -> f64| match (cpu_before, cpu_after) {
@@ -229,7 +277,7 @@ fn saturate(plan: &Plan, target: &mut Running, logging: Logging, round: u32) -> 
 }
 
 fn fixed_rate(plan: &Plan, target: &mut Running, logging: Logging, round: u32, rate: f64) -> Result<LatencyRun> {
-    let measured = load(plan, target, plan.latency).fixed_rate(rate).map_err(|e| against(e, &target.target.name()))?;
+    let measured = plan.lineup.load(target, plan.latency).fixed_rate(rate).map_err(|e| against(e, &target.target.name()))?;
     target.ensure_running()?;
     Ok(LatencyRun {
         target: target.target.name(),
