@@ -536,7 +536,7 @@ buffered access log (64k buffer, 1 s flush), haproxy logs `option httplog` lines
 writes its gorouter-format access log and its /metrics is scraped every second. \"Off\": no access logs and no scraping; \
 the router's metrics cannot be switched off, so they are still counted. Every run must answer only 200s, or the run fails.\n\n";
 
-const REPRODUCE: &str = "\n## Reproduce\n\n```\nscripts/bench            # everything, about 15 minutes\nscripts/bench --quick    # one short round of each, about 4 minutes\n```\n\n\
+const REPRODUCE: &str = "\n## Reproduce\n\n```\nscripts/bench            # everything, about 15 minutes\nscripts/bench --quick    # one short round of each, about 5 minutes\n```\n\n\
 `scripts/bench` installs what is missing (nginx, haproxy, wrk, nats-server, valgrind from Debian; oha with `cargo install oha --locked`), builds \
 the release binaries, runs `cargo bench -p switchyard-benches --bench route_lookup`, `route-memory`, `switchyard-bench ingest` \
 `switchyard-bench peers` and `switchyard-bench instructions`, the LB scale script and (full mode) the IPVS VM test, then writes this file and the plot with \
