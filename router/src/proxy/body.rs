@@ -9,6 +9,7 @@ use crate::access_log::{self, Entry, Totals};
 use crate::endpoint::InFlight;
 use crate::metrics::LocalMetrics;
 use crate::proxy::activity::BusyGuard;
+use crate::proxy::direct::{DirectBody, DirectError};
 use crate::proxy::upstream::{self, Pooled};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -256,9 +257,30 @@ impl Body for RequestBody {
     }
 }
 
+/// A backend's response body, from whichever client read its head.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Read by hyper's client connection.
+    Hyper(Incoming),
+    /// Read by the request's own task from a plain connection.
+    Direct(DirectBody),
+}
+
+/// Why a backend's body could not be relayed to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    /// From hyper's client connection.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// From a plain connection.
+    #[error(transparent)]
+    Direct(#[from] DirectError),
+}
+
 #[derive(Debug)]
 enum Content {
-    Upstream(Incoming),
+    Hyper(Incoming),
+    Direct(DirectBody),
     Full(Option<Bytes>),
 }
 
@@ -277,12 +299,18 @@ impl ResponseBody {
     }
 
     /// The backend's body, streamed through.
-    pub fn upstream(body: Incoming, mut exchange: Exchange) -> Self {
+    pub fn upstream(body: UpstreamBody, mut exchange: Exchange) -> Self {
+        let content = match body {
+            UpstreamBody::Hyper(body) => Content::Hyper(body),
+            UpstreamBody::Direct(body) => Content::Direct(body),
+        };
+        let mut body = Self { content, exchange: None };
         if body.is_end_stream() {
             // Nothing to read (HEAD, 204, 304): the backend connection is free already.
             exchange.finish_upstream(true);
         }
-        Self { content: Content::Upstream(body), exchange: Some(exchange) }
+        body.exchange = Some(exchange);
+        body
     }
 
     fn count(&mut self, frame: &Frame<Bytes>) {
@@ -294,13 +322,14 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.content {
             Content::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Content::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Content::Hyper(body) => ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(ResponseBodyError::from)),
+            Content::Direct(body) => ready!(Pin::new(body).poll_frame(cx)).map(|frame| frame.map_err(ResponseBodyError::from)),
         };
         match &polled {
             Some(Ok(frame)) => {
@@ -330,14 +359,16 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.content {
             Content::Full(bytes) => bytes.is_none(),
-            Content::Upstream(body) => body.is_end_stream(),
+            Content::Hyper(body) => body.is_end_stream(),
+            Content::Direct(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.content {
             Content::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Content::Upstream(body) => body.size_hint(),
+            Content::Hyper(body) => body.size_hint(),
+            Content::Direct(body) => body.size_hint(),
         }
     }
 }

@@ -6,7 +6,7 @@ use super::{ConnInfo, Proxy};
 use crate::endpoint::InFlight;
 use crate::pool::{Attempted, Choice, Pool};
 use crate::proxy::answer::RouterError;
-use crate::proxy::body::{Exchange, RequestBody, ResponseBody};
+use crate::proxy::body::{Exchange, RequestBody, ResponseBody, UpstreamBody};
 use crate::proxy::headers;
 use http::request::Parts;
 use http_body::Body as _;
@@ -94,7 +94,7 @@ pub(super) async fn tunnel(
         // The backend declined the switch: relay its answer; the connection is not pooled.
         let (response_parts, incoming) = response.into_parts();
         exchange.served_by(Some(in_flight), None, std::time::Duration::ZERO);
-        return Response::from_parts(response_parts, ResponseBody::upstream(incoming, exchange));
+        return Response::from_parts(response_parts, ResponseBody::upstream(UpstreamBody::Hyper(incoming), exchange));
     }
     RouterError::EndpointFailure(last_error).respond(&route, Some(exchange))
 }

@@ -7,9 +7,12 @@
 //! - HTTP/1.1 connections carry one request at a time: a request checks one out, and its response body checks it
 //!   back in once read to the end. Idle ones are reused most-recent first and swept on the worker tick.
 //! - An HTTP/2 connection multiplexes, so the worker keeps one per key and every request shares it.
+//! - Plain HTTP/1.1 connections the request's own task drives (`direct.rs`) are pooled apart from hyper's: a
+//!   request takes a connection of the kind its path needs.
 
 use crate::endpoint::UpstreamKey;
 use crate::proxy::body::RequestBody;
+use crate::proxy::direct::DirectConn;
 use crate::tls::{BackendTls, TlsFailure};
 use arc_swap::ArcSwap;
 use futures_util::future::Either;
@@ -114,14 +117,15 @@ impl Pooled {
     }
 }
 
-struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+struct Idle<C> {
+    connection: C,
     since: Instant,
 }
 
 #[derive(Default)]
 struct Connections {
-    idle: HashMap<UpstreamKey, Vec<Idle>, foldhash::fast::RandomState>,
+    idle: HashMap<UpstreamKey, Vec<Idle<http1::SendRequest<RequestBody>>>, foldhash::fast::RandomState>,
+    direct: HashMap<UpstreamKey, Vec<Idle<DirectConn>>, foldhash::fast::RandomState>,
     shared: HashMap<UpstreamKey, http2::SendRequest<RequestBody>, foldhash::fast::RandomState>,
 }
 
@@ -143,12 +147,36 @@ pub fn check_out(key: &UpstreamKey) -> Option<Pooled> {
         }
         let idle = connections.idle.get_mut(key)?;
         while let Some(candidate) = idle.pop() {
-            if !candidate.sender.is_closed() {
-                return Some(Pooled { key: key.clone(), sender: Sender::Http1(candidate.sender) });
+            if !candidate.connection.is_closed() {
+                return Some(Pooled { key: key.clone(), sender: Sender::Http1(candidate.connection) });
             }
         }
         None
     })
+}
+
+/// Takes an open plain connection for `key`, if this worker has one.
+pub fn check_out_direct(key: &UpstreamKey) -> Option<DirectConn> {
+    CONNECTIONS.with(|cell| {
+        let mut connections = cell.try_borrow_mut().ok()?;
+        let idle = connections.direct.get_mut(key)?;
+        std::iter::from_fn(|| idle.pop()).map(|idle| idle.connection).find(DirectConn::is_open)
+    })
+}
+
+/// Returns a plain connection whose last response was read to the end.
+pub fn check_in_direct(connection: DirectConn) {
+    CONNECTIONS.with(|cell| {
+        if let Ok(mut connections) = cell.try_borrow_mut() {
+            let idle = match connections.direct.get_mut(connection.key()) {
+                Some(idle) => idle,
+                None => connections.direct.entry(connection.key().clone()).or_default(),
+            };
+            if idle.len() < MAX_IDLE_PER_TARGET {
+                idle.push(Idle { connection, since: Instant::now() });
+            }
+        }
+    });
 }
 
 /// Returns a connection whose last response was read to the end.
@@ -164,7 +192,7 @@ pub fn check_in(pooled: Pooled) {
         if let Ok(mut connections) = cell.try_borrow_mut() {
             let idle = connections.idle.entry(pooled.key).or_default();
             if idle.len() < MAX_IDLE_PER_TARGET {
-                idle.push(Idle { sender, since: Instant::now() });
+                idle.push(Idle { connection: sender, since: Instant::now() });
             }
         }
     });
@@ -184,7 +212,11 @@ pub fn sweep() {
         if let Ok(mut connections) = cell.try_borrow_mut() {
             let now = Instant::now();
             connections.idle.retain(|_, idle| {
-                idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+                idle.retain(|c| !c.connection.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+                !idle.is_empty()
+            });
+            connections.direct.retain(|_, idle| {
+                idle.retain(|c| c.connection.is_open() && now.duration_since(c.since) < IDLE_TIMEOUT);
                 !idle.is_empty()
             });
             connections.shared.retain(|_, sender| !sender.is_closed());
@@ -247,6 +279,27 @@ impl Dialer {
     /// Opens a new connection for `key`. `upgrades` keeps an HTTP/1.1 connection usable for a protocol switch
     /// (callers pass an HTTP/1.1 key for those).
     pub async fn connect(&self, key: &UpstreamKey, upgrades: bool) -> Result<Pooled, DialError> {
+        let stream = self.open(key).await?;
+        let Some(name) = &key.tls_name else {
+            return handshake(TokioIo::new(stream), key, upgrades).await;
+        };
+        let target = &key.target;
+        let tls = self.tls.load_full();
+        let secured = match tokio::time::timeout(self.timeout, tls.handshake(stream, name, key.http2)).await {
+            Ok(Ok(secured)) => secured,
+            Ok(Err(failure)) => return Err(DialError::Tls { target: target.to_string(), failure }),
+            Err(_) => return Err(DialError::Tls { target: target.to_string(), failure: TlsFailure::Handshake("timed out".to_owned()) }),
+        };
+        handshake(TokioIo::new(secured), key, upgrades).await
+    }
+
+    /// Opens a new plain connection for `key`, for the request's own task to drive.
+    pub async fn connect_direct(&self, key: &UpstreamKey) -> Result<DirectConn, DialError> {
+        Ok(DirectConn::new(key.clone(), self.open(key).await?))
+    }
+
+    /// Opens the TCP connection for `key`.
+    async fn open(&self, key: &UpstreamKey) -> Result<TcpStream, DialError> {
         let target = &key.target;
         let connecting = async {
             match target {
@@ -260,16 +313,7 @@ impl Dialer {
             Err(_) => return Err(DialError::Timeout { target: target.to_string() }),
         };
         let _ = stream.set_nodelay(true);
-        let Some(name) = &key.tls_name else {
-            return handshake(TokioIo::new(stream), key, upgrades).await;
-        };
-        let tls = self.tls.load_full();
-        let secured = match tokio::time::timeout(self.timeout, tls.handshake(stream, name, key.http2)).await {
-            Ok(Ok(secured)) => secured,
-            Ok(Err(failure)) => return Err(DialError::Tls { target: target.to_string(), failure }),
-            Err(_) => return Err(DialError::Tls { target: target.to_string(), failure: TlsFailure::Handshake("timed out".to_owned()) }),
-        };
-        handshake(TokioIo::new(secured), key, upgrades).await
+        Ok(stream)
     }
 }
 

@@ -1,0 +1,203 @@
+//! What the router reads from plain HTTP/1.1 backends on the path that bodyless requests take: every way a
+//! response body can be framed, interim answers, connection reuse and a pooled connection the backend closed,
+//! and answers that break the protocol. The backend here is a raw socket that sends exactly the bytes each test
+//! scripts, so no HTTP library on the backend side smooths anything over.
+#![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use switchyard_tests::http::{Ending, raw_exchange, wire};
+use switchyard_tests::router::metric_value;
+use switchyard_tests::{NatsServer, RouterProcess, publish, registration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the scripted backend does after writing an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Waits for the next request on the connection.
+    KeepOpen,
+    /// Closes the connection at once.
+    Close,
+    /// Closes the connection a little later, as a backend that times out idle connections does.
+    CloseSoon,
+}
+
+/// A backend answering each request with the bytes its script gives for the request's path.
+struct ScriptedBackend {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl ScriptedBackend {
+    async fn start(script: fn(&str) -> (Vec<u8>, Then)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the scripted backend");
+        let port = listener.local_addr().expect("backend address").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (accepted, served) = (Arc::clone(&connections), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, script, Arc::clone(&served)));
+            }
+        });
+        Self { port, connections, requests }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one connection: reads request heads (the router sends these requests without bodies) and answers each,
+/// without the body when the request is a HEAD.
+async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), served: Arc<AtomicUsize>) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&received[..end]).into_owned();
+        received.drain(..end + 4);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        served.fetch_add(1, Ordering::SeqCst);
+        let (mut answer, then) = script(&path);
+        if head.starts_with("HEAD ")
+            && let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                answer.truncate(end + 4);
+            }
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+        match then {
+            Then::KeepOpen => {}
+            Then::Close => return,
+            Then::CloseSoon => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn script(path: &str) -> (Vec<u8>, Then) {
+    let (answer, then): (&[u8], Then) = match path {
+        "/length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Then::KeepOpen),
+        "/chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst-\r\n6;ext=1\r\nsecond\r\n0\r\nx-sum: 42\r\n\r\n", Then::KeepOpen),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", Then::Close),
+        "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold", Then::Close),
+        "/interim" => (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", Then::KeepOpen),
+        "/reason" => (b"HTTP/1.1 299 Quite Fine\r\nContent-Length: 0\r\n\r\n", Then::KeepOpen),
+        "/stale" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh", Then::CloseSoon),
+        "/garbage" => (b"NOT HTTP AT ALL\r\n\r\n", Then::Close),
+        "/two-lengths" => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", Then::Close),
+        "/switch" => (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n", Then::Close),
+        "/truncated" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", Then::Close),
+        _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", Then::KeepOpen),
+    };
+    (answer.to_vec(), then)
+}
+
+/// A one-worker router (so one pool serves every request) with `host` routed to `backend`.
+async fn routed(backend: &ScriptedBackend, host: &str) -> (NatsServer, RouterProcess) {
+    let nats = NatsServer::start();
+    let router = RouterProcess::start(&nats, &[("worker_threads", "1")]);
+    publish(&nats.client().await, "router.register", &registration(backend.port, &[host])).await;
+    assert!(router.routes_eventually_have(host).await, "route {host} never appeared");
+    (nats, router)
+}
+
+/// Sends raw request bytes to the router and reads its responses strictly.
+async fn exchange(router: &RouterProcess, request: &str) -> Vec<wire::Message> {
+    let answer = raw_exchange(router.addr(), request.as_bytes(), Duration::from_secs(5), Duration::from_millis(200)).await;
+    answer.responses().unwrap_or_else(|e| panic!("unreadable response to {request:?}: {e}\n{:?}", String::from_utf8_lossy(&answer.received)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_body_framing_reaches_the_client_intact() {
+    let backend = ScriptedBackend::start(script).await;
+    let (_nats, router) = routed(&backend, "wire.example.com").await;
+    for (path, status, body) in [
+        ("/length", 200, "hello"),
+        ("/chunked", 200, "first-second"),
+        ("/until-close", 200, "until the end"),
+        ("/http10", 200, "old"),
+        ("/interim", 201, "ok"),
+    ] {
+        let answer = router.get("wire.example.com", path).await;
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (status, body), "{path}");
+    }
+    let chunked = exchange(&router, "GET /chunked HTTP/1.1\r\nHost: wire.example.com\r\nTE: trailers\r\n\r\n").await;
+    let message = chunked.first().expect("an answer to /chunked");
+    assert_eq!(message.body, b"first-second");
+    assert_eq!(message.header("content-length"), None, "a chunked body must not gain a length");
+
+    let reason = exchange(&router, "GET /reason HTTP/1.1\r\nHost: wire.example.com\r\n\r\n").await;
+    assert_eq!(reason.first().map(|m| m.start_line.as_str()), Some("HTTP/1.1 299 Quite Fine"), "the backend's own reason phrase is kept");
+
+    // A HEAD answer has no body whatever its Content-Length says, and the backend connection carries the next
+    // request (the scripted backend would answer a second request on it with the bytes a reader that took the
+    // length as a body would have eaten).
+    let connections = backend.connections();
+    let head = raw_exchange(router.addr(), b"HEAD /length HTTP/1.1\r\nHost: wire.example.com\r\n\r\n", Duration::from_secs(5), Duration::from_millis(300)).await;
+    let text = String::from_utf8_lossy(&head.received).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200") && text.contains("content-length: 5\r\n") && text.ends_with("\r\n\r\n"), "{text}");
+    assert_eq!(head.ending, Ending::Open, "the client connection stays open after a HEAD answer");
+    assert_eq!(router.get("wire.example.com", "/length").await.text(), "hello");
+    assert_eq!(backend.connections(), connections, "the HEAD and the GET after it went over the pooled connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_and_one_the_backend_closed_is_replaced() {
+    let backend = ScriptedBackend::start(script).await;
+    let (_nats, router) = routed(&backend, "reuse.example.com").await;
+    for n in 0..20 {
+        let answer = router.get("reuse.example.com", if n % 2 == 0 { "/length" } else { "/chunked" }).await;
+        assert_eq!(answer.status, 200, "request {n}");
+    }
+    assert_eq!((backend.requests(), backend.connections()), (20, 1), "twenty requests in a row share one backend connection");
+
+    // The backend closes its side after answering, as one that times out idle connections does; the next request
+    // must not fail on the dead pooled connection.
+    assert_eq!(router.get("reuse.example.com", "/stale").await.text(), "fresh");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..3 {
+        assert_eq!(router.get("reuse.example.com", "/length").await.text(), "hello");
+    }
+    assert_eq!(backend.connections(), 2, "the closed connection was replaced once");
+    let metrics = router.metrics().await;
+    assert_eq!(metric_value(&metrics, "switchyard_router_upstream_connects_total"), Some(2.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "switchyard_router_backend_errors_total"), None, "no request failed: {metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_break_the_protocol_are_502_and_counted() {
+    let backend = ScriptedBackend::start(script).await;
+    let (_nats, router) = routed(&backend, "broken.example.com").await;
+    for path in ["/garbage", "/two-lengths", "/switch"] {
+        let answer = router.get("broken.example.com", path).await;
+        assert_eq!(answer.status, 502, "{path}: {}", answer.text());
+        let error = answer.header("x-cf-routererror").unwrap_or_default();
+        assert!(error.starts_with("endpoint_failure"), "{path}: {error}");
+    }
+    let metrics = router.metrics().await;
+    assert_eq!(metric_value(&metrics, "switchyard_router_backend_errors_total{kind=\"protocol\"}"), Some(3.0), "{metrics}");
+
+    // A body cut short after the head was sent on: the client sees the answer end early, never a complete one.
+    let truncated = raw_exchange(router.addr(), b"GET /truncated HTTP/1.1\r\nHost: broken.example.com\r\n\r\n", Duration::from_secs(5), Duration::from_millis(200)).await;
+    let messages = wire::messages(&truncated.received, wire::Side::Response).map(|(found, _)| found).unwrap_or_default();
+    assert!(messages.iter().all(|m| !m.complete || m.body.len() < 10), "{:?}", String::from_utf8_lossy(&truncated.received));
+    assert_eq!(router.get("broken.example.com", "/length").await.text(), "hello", "the router still serves");
+}
