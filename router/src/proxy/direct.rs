@@ -208,3 +208,27 @@ impl Body for DirectBody {
         self.decoder.remaining().map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: io::ErrorKind) -> io::Error {
+        io::Error::new(kind, "from the socket")
+    }
+
+    #[test]
+    fn only_a_request_never_written_may_go_again_whatever_its_method() {
+        let cases = [
+            (DirectError::Unsent(io(io::ErrorKind::BrokenPipe)), true, true, "closed"),
+            (DirectError::Unanswered(None), false, true, "closed"),
+            (DirectError::Unanswered(Some(io(io::ErrorKind::ConnectionReset))), false, true, "closed"),
+            (DirectError::Unanswered(Some(io(io::ErrorKind::TimedOut))), false, false, "closed"),
+            (DirectError::Broken(io(io::ErrorKind::UnexpectedEof)), false, false, "closed"),
+            (DirectError::Protocol(ProtocolError::ContentLength), false, false, "protocol"),
+        ];
+        for (error, unsent, unanswered, kind) in cases {
+            assert_eq!((error.unsent(), error.unanswered(), error.kind()), (unsent, unanswered, kind), "{error:?}");
+        }
+    }
+}
