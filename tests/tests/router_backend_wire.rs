@@ -1,5 +1,5 @@
 //! What the router reads from plain HTTP/1.1 backends on the path that bodyless requests take: every way a
-//! response body can be framed, interim answers, connection reuse and a pooled connection the backend closed,
+//! response body can be framed (a mebibyte of it too), interim answers, connection reuse and a pooled connection the backend closed,
 //! and answers that break the protocol. The backend here is a raw socket that sends exactly the bytes each test
 //! scripts, so no HTTP library on the backend side smooths anything over.
 #![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -92,7 +92,28 @@ async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), serve
     }
 }
 
+/// A mebibyte of a pattern no shift or repeat of a read buffer reproduces.
+fn large_body() -> Vec<u8> {
+    (0..LARGE).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect()
+}
+
+const LARGE: usize = 1024 * 1024;
+
 fn script(path: &str) -> (Vec<u8>, Then) {
+    match path {
+        "/large" => return ([format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\n\r\n").into_bytes(), large_body()].concat(), Then::KeepOpen),
+        "/large-chunked" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for chunk in large_body().chunks(100_000) {
+                answer.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                answer.extend_from_slice(chunk);
+                answer.extend_from_slice(b"\r\n");
+            }
+            answer.extend_from_slice(b"0\r\n\r\n");
+            return (answer, Then::KeepOpen);
+        }
+        _ => {}
+    }
     let (answer, then): (&[u8], Then) = match path {
         "/length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Then::KeepOpen),
         "/chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst-\r\n6;ext=1\r\nsecond\r\n0\r\nx-sum: 42\r\n\r\n", Then::KeepOpen),
@@ -138,6 +159,11 @@ async fn every_body_framing_reaches_the_client_intact() {
     ] {
         let answer = router.get("wire.example.com", path).await;
         assert_eq!((answer.status.as_u16(), answer.text().as_str()), (status, body), "{path}");
+    }
+    for path in ["/large", "/large-chunked", "/large"] {
+        let answer = router.get("wire.example.com", path).await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert!(answer.body[..] == large_body()[..], "{path}: {} bytes came through, not the mebibyte sent", answer.body.len());
     }
     let chunked = exchange(&router, "GET /chunked HTTP/1.1\r\nHost: wire.example.com\r\nTE: trailers\r\n\r\n").await;
     let message = chunked.first().expect("an answer to /chunked");
