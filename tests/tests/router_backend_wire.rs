@@ -1,6 +1,7 @@
 //! What the router reads from plain HTTP/1.1 backends on the path that bodyless requests take: every way a
 //! response body can be framed (a mebibyte of it too), interim answers, connection reuse and a pooled connection the backend closed,
-//! and answers that break the protocol. The backend here is a raw socket that sends exactly the bytes each test
+//! and answers that break the protocol (bodies with codings other than one `chunked` among them, on the path
+//! requests with bodies take too). The backend here is a raw socket that sends exactly the bytes each test
 //! scripts, so no HTTP library on the backend side smooths anything over.
 #![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -126,6 +127,8 @@ fn script(path: &str) -> (Vec<u8>, Then) {
         "/two-lengths" => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", Then::Close),
         "/switch" => (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n", Then::Close),
         "/truncated" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", Then::Close),
+        "/gzip-chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n", Then::CloseSoon),
+        "/chunked-gzip" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n\x1f\x8b\x08\x00", Then::Close),
         _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", Then::KeepOpen),
     };
     (answer.to_vec(), then)
@@ -212,14 +215,20 @@ async fn backend_connections_are_reused_and_one_the_backend_closed_is_replaced()
 async fn answers_that_break_the_protocol_are_502_and_counted() {
     let backend = ScriptedBackend::start(script).await;
     let (_nats, router) = routed(&backend, "broken.example.com").await;
-    for path in ["/garbage", "/two-lengths", "/switch"] {
+    for path in ["/garbage", "/two-lengths", "/switch", "/gzip-chunked", "/chunked-gzip"] {
         let answer = router.get("broken.example.com", path).await;
         assert_eq!(answer.status, 502, "{path}: {}", answer.text());
         let error = answer.header("x-cf-routererror").unwrap_or_default();
         assert!(error.starts_with("endpoint_failure"), "{path}: {error}");
     }
+    // A request with a body takes the other way to the backend; a coded body is refused there too, never passed
+    // on with its coding unannounced.
+    let posted = exchange(&router, "POST /gzip-chunked HTTP/1.1\r\nHost: broken.example.com\r\nContent-Length: 2\r\n\r\nhi").await;
+    let answer = posted.first().expect("an answer to the POST");
+    assert!(answer.start_line.starts_with("HTTP/1.1 502"), "{}: {:?}", answer.start_line, String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.header("transfer-encoding"), None);
     let metrics = router.metrics().await;
-    assert_eq!(metric_value(&metrics, "switchyard_router_backend_errors_total{kind=\"protocol\"}"), Some(3.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "switchyard_router_backend_errors_total{kind=\"protocol\"}"), Some(6.0), "{metrics}");
 
     // A body cut short after the head was sent on: the client sees the answer end early, never a complete one.
     let truncated = raw_exchange(router.addr(), b"GET /truncated HTTP/1.1\r\nHost: broken.example.com\r\n\r\n", Duration::from_secs(5), Duration::from_millis(200)).await;

@@ -6,6 +6,7 @@
 use crate::endpoint::Endpoint;
 use crate::proxy::answer::Malformed;
 use crate::proxy::arena;
+use crate::proxy::wire::TransferCodings;
 use http::header::{CONNECTION, EXPECT, Entry, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 /// `X-Forwarded-For`.
@@ -73,18 +74,7 @@ pub fn malformed(headers: &HeaderMap) -> Option<Malformed> {
     if headers.get_all(HOST).iter().nth(1).is_some() {
         return Some(Malformed::RepeatedHost);
     }
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    codings.peek()?;
-    let mut chunked = 0;
-    for line in codings {
-        for coding in line.to_str().unwrap_or("?").split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            if !coding.eq_ignore_ascii_case("chunked") {
-                return Some(Malformed::TransferCoding);
-            }
-            chunked += 1;
-        }
-    }
-    (chunked != 1).then_some(Malformed::TransferCoding)
+    TransferCodings::of(headers).unsupported().then_some(Malformed::TransferCoding)
 }
 
 /// Whether a request asks to switch protocols (WebSocket and friends).

@@ -38,7 +38,7 @@ use direct::{DirectBody, DirectError};
 use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID};
 use http::header::{CONNECTION, HOST, REFERER, TE, TRANSFER_ENCODING, USER_AGENT};
 use http_body::Body as _;
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +48,7 @@ use switchyard_config::router::{ForwardedClientCert, RouterConfig};
 use tokio::sync::mpsc;
 use trace::TraceSettings;
 use upstream::{DialError, Dialer, Pooled, origin_form};
+use wire::{ProtocolError, TransferCodings};
 use xfcc::ClientCert;
 
 /// How long a failed endpoint is passed over while others are available.
@@ -195,6 +196,9 @@ enum AttemptError {
     Broken(hyper::Error),
     #[error("{0}")]
     Direct(DirectError),
+    /// An answer hyper read but the router will not pass on.
+    #[error("{0}")]
+    Answer(ProtocolError),
 }
 
 impl AttemptError {
@@ -206,6 +210,7 @@ impl AttemptError {
             Self::Broken(err) if err.is_parse() => "protocol",
             Self::Broken(_) => "closed",
             Self::Direct(error) => error.kind(),
+            Self::Answer(_) => "protocol",
         }
     }
 }
@@ -229,6 +234,11 @@ fn closed_without_answer(error: &hyper::Error) -> bool {
         cause = inner.source();
     }
     false
+}
+
+/// Whether an answer with `status` to a request (a HEAD one when `to_head`) has a body.
+fn has_body(to_head: bool, status: StatusCode) -> bool {
+    !(to_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -584,6 +594,7 @@ impl Proxy {
                 copy
             });
             let tally = request.body().tally();
+            let to_head = *request.method() == Method::HEAD;
             let sent = Instant::now();
             let outcome = tokio::time::timeout(self.settings.endpoint_timeout, connection.send(request)).await;
             match outcome {
@@ -591,6 +602,10 @@ impl Proxy {
                 Ok(Ok(response)) => {
                     let waited = sent.elapsed();
                     LocalMetrics::backend(waited.as_secs_f64());
+                    if has_body(to_head, response.status()) && TransferCodings::of(response.headers()).unsupported() {
+                        // Dropping the unread answer closes its connection.
+                        return Attempt::Failed(AttemptError::Answer(ProtocolError::TransferCoding));
+                    }
                     return Attempt::Answered(response.map(UpstreamBody::Hyper), Some(connection), waited);
                 }
                 Ok(Err(mut error)) => {

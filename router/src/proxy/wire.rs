@@ -37,6 +37,10 @@ pub enum ProtocolError {
     /// `Transfer-Encoding` in an HTTP/1.0 response, which cannot have one.
     #[error("Transfer-Encoding in an HTTP/1.0 response")]
     TransferEncoding,
+    /// A body coded other than with one `chunked` (`gzip, chunked`, `chunked, gzip`): the router removes the
+    /// chunks only, so the client would get coded bytes with nothing saying so.
+    #[error("unsupported Transfer-Encoding in the response")]
+    TransferCoding,
     /// `Content-Length` is not a number, or two of them disagree.
     #[error("invalid Content-Length in the response")]
     ContentLength,
@@ -67,6 +71,50 @@ pub fn encode_request_head(method: &Method, uri: &Uri, headers: &HeaderMap, out:
     out.extend_from_slice(b"\r\n");
 }
 
+/// The transfer codings that `Transfer-Encoding` field lines name, tallied line by line.
+///
+/// `chunked` is the only coding the router takes off and puts back (or not) per hop; any other would be passed on
+/// with its header gone, so a message is accepted only with none at all or exactly one `chunked`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TransferCodings {
+    named: bool,
+    chunked: u32,
+    other: bool,
+}
+
+impl TransferCodings {
+    /// The codings of every `Transfer-Encoding` line of `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut codings = Self::default();
+        for line in headers.get_all(http::header::TRANSFER_ENCODING) {
+            codings.add(line.as_bytes());
+        }
+        codings
+    }
+
+    /// Adds one line's list (empty list elements do not count).
+    pub fn add(&mut self, line: &[u8]) {
+        self.named = true;
+        for coding in line.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                self.chunked = self.chunked.saturating_add(1);
+            } else {
+                self.other = true;
+            }
+        }
+    }
+
+    /// Whether any `Transfer-Encoding` line was seen.
+    pub fn named(self) -> bool {
+        self.named
+    }
+
+    /// Whether lines were seen and they name something other than exactly one `chunked`.
+    pub fn unsupported(self) -> bool {
+        self.named && (self.other || self.chunked != 1)
+    }
+}
+
 /// Where a response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -95,8 +143,7 @@ pub struct Head {
 #[derive(Debug, Default)]
 struct FramingHeaders {
     content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked: bool,
+    codings: TransferCodings,
     close: bool,
     keep_alive: bool,
 }
@@ -112,9 +159,7 @@ impl FramingHeaders {
                 self.content_length = Some(length);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = true;
-            // Only the last coding of the last header says whether the body is chunked.
-            self.chunked = value.rsplit(|&b| b == b',').next().is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.codings.add(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
@@ -130,13 +175,15 @@ impl FramingHeaders {
         if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return Ok((Framing::Empty, persistent));
         }
-        if self.transfer_encoding {
+        if self.codings.named() {
             if version == Version::HTTP_10 {
                 return Err(ProtocolError::TransferEncoding);
             }
+            if self.codings.unsupported() {
+                return Err(ProtocolError::TransferCoding);
+            }
             // With both headers the length is a lie someone may believe: never read another response after it.
-            let persistent = persistent && self.content_length.is_none();
-            return Ok(if self.chunked { (Framing::Chunked, persistent) } else { (Framing::UntilClose, false) });
+            return Ok((Framing::Chunked, persistent && self.content_length.is_none()));
         }
         Ok(match self.content_length {
             Some(0) => (Framing::Empty, persistent),
@@ -205,7 +252,7 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
             && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(head.slice(reason)) {
                 parts.extensions.insert(phrase);
             }
-        if framing.transfer_encoding && framing.content_length.is_some() {
+        if framing.codings.named() && framing.content_length.is_some() {
             // The length does not describe the body: it must not reach the client (RFC 9112, 6.3).
             parts.headers.remove(http::header::CONTENT_LENGTH);
         }
@@ -466,13 +513,23 @@ mod tests {
         assert_eq!(head(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n").framing, Framing::Empty);
         let (to_head, _) = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD);
         assert_eq!(to_head.unwrap().unwrap().framing, Framing::Empty);
-        let chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!((chunked.framing, chunked.reusable), (Framing::Chunked, true));
-        let not_chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
-        assert_eq!((not_chunked.framing, not_chunked.reusable), (Framing::UntilClose, false));
         let unframed = head(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((unframed.framing, unframed.reusable), (Framing::UntilClose, false));
         assert_eq!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n").framing, Framing::Length(7));
+    }
+
+    #[test]
+    fn codings_other_than_one_chunked_are_refused_where_a_body_follows() {
+        for codings in ["gzip, chunked", "chunked, gzip", "gzip", "chunked, chunked", "identity", ",", "chunked;q=1"] {
+            let wire = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {codings}\r\n\r\n");
+            assert_eq!(error(wire.as_bytes()), ProtocolError::TransferCoding, "{codings}");
+            let bodyless = format!("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: {codings}\r\n\r\n");
+            assert_eq!(head(bodyless.as_bytes()).framing, Framing::Empty, "{codings}: a 304 has no body to decode");
+        }
+        assert_eq!(error(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"), ProtocolError::TransferCoding);
+        assert_eq!(head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n").framing, Framing::Chunked, "empty list elements do not count");
     }
 
     #[test]
