@@ -1,5 +1,6 @@
 //! Soak: an hour of traffic must look like a minute of it. The router runs at half its saturation rate with
-//! routes churning, and afterwards its memory has not grown and its file descriptors are back where they were.
+//! routes churning, and afterwards its memory has not grown, its file descriptors are back where they were, and
+//! the backend connections it pools are within what the load could have needed.
 //!
 //! `scripts/test` runs 60 seconds. The long run is the same test with `SWITCHYARD_SOAK_SECONDS=600`:
 //! `SWITCHYARD_SOAK_SECONDS=600 cargo test -p switchyard-tests --test router_soak -- --nocapture`.
@@ -24,8 +25,41 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc/<pid>/fd").count()
+/// A process's open descriptors, split into its TCP connections to `backend_ports` and all the rest.
+///
+/// The two are judged apart. Connections to backends are pooled per worker, so after a burst a pool may hold more
+/// than after the warm-up until they idle out: those are bounded, not returned. Everything else (client
+/// connections, files, pipes) must come back to where it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Descriptors {
+    to_backends: usize,
+    rest: usize,
+}
+
+fn descriptors(pid: u32, backend_ports: &[u16]) -> Descriptors {
+    // Socket inodes of connections whose remote port is a backend's, from the process's own view of the TCP tables.
+    let mut backend_inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields.get(2).and_then(|addr| addr.rsplit(':').next()).and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if remote_port.is_some_and(|port| backend_ports.contains(&port))
+                && let Some(inode) = fields.get(9) {
+                    backend_inodes.insert(format!("socket:[{inode}]"));
+                }
+        }
+    }
+    let mut counted = Descriptors { to_backends: 0, rest: 0 };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc/<pid>/fd").flatten() {
+        let target = std::fs::read_link(entry.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        if backend_inodes.contains(&target) {
+            counted.to_backends += 1;
+        } else {
+            counted.rest += 1;
+        }
+    }
+    counted
 }
 
 fn soak_seconds() -> u64 {
@@ -62,7 +96,8 @@ async fn half_saturation_with_route_churn_leaks_neither_memory_nor_descriptors()
     assert!(warm.failures.is_empty(), "{}", warm.summary());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = proc_status_kib(pid, "VmRSS:");
-    let fds_before = open_fds(pid);
+    let backend_ports: Vec<u16> = backends.iter().map(TestBackend::port).collect();
+    let fds_before = descriptors(pid, &backend_ports);
 
     let seconds = soak_seconds();
     let soak = tokio::spawn(load::run(LoadSpec::new(router.addr(), &HOSTS, CONNECTIONS, Duration::from_secs(seconds), pace)));
@@ -90,7 +125,7 @@ async fn half_saturation_with_route_churn_leaks_neither_memory_nor_descriptors()
         client.publish(subject, serde_json::to_vec(&registration(port, &[&uri])).unwrap_or_default().into()).await.expect("publish churn");
         n += 1;
         if n.is_multiple_of(1500) {
-            println!("{:>4}s: RSS {} KiB, {} descriptors", started.elapsed().as_secs(), proc_status_kib(pid, "VmRSS:"), open_fds(pid));
+            println!("{:>4}s: RSS {} KiB, descriptors {:?}", started.elapsed().as_secs(), proc_status_kib(pid, "VmRSS:"), descriptors(pid, &backend_ports));
         }
     }
     client.flush().await.expect("flush");
@@ -106,10 +141,16 @@ async fn half_saturation_with_route_churn_leaks_neither_memory_nor_descriptors()
     println!("RSS {rss_before} KiB -> {rss_after} KiB ({:+.1}%); {n} churn messages", growth * 100.0);
     assert!(growth <= 0.05, "RSS grew by {:.1}% over the soak", growth * 100.0);
 
-    // Client connections are closed now; the descriptors come back to the warmed-up count.
-    let settled = switchyard_tests::wait_until(Duration::from_secs(10), || open_fds(pid) <= fds_before);
-    println!("descriptors: {fds_before} before, {} after", open_fds(pid));
-    assert!(settled, "descriptors did not come back: {fds_before} before, {} after", open_fds(pid));
+    // Client connections are closed now; the descriptors come back to the warmed-up count. Pooled backend
+    // connections may outnumber the warm-up's, but never what the load could have held open at once: each worker
+    // keeps at most as many per backend as requests it had in flight to it, and there are `CONNECTIONS` of those.
+    let settled = switchyard_tests::wait_until(Duration::from_secs(10), || descriptors(pid, &backend_ports).rest <= fds_before.rest);
+    let after = descriptors(pid, &backend_ports);
+    println!("descriptors: {fds_before:?} before, {after:?} after");
+    assert!(settled, "descriptors did not come back: {fds_before:?} before, {after:?} after");
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let pool_bound = workers * backends.len() * CONNECTIONS;
+    assert!(after.to_backends <= pool_bound, "{} connections to backends stay open, more than {pool_bound} the pools could need", after.to_backends);
     let mut churned = Vec::new();
     for _ in 0..50 {
         let routes = router.routes().await;
