@@ -14,6 +14,7 @@
 //! most instructions themselves, per request, read from the same dump.
 
 use crate::error::{BenchError, Result};
+use crate::load::OHA_INSTALL;
 use crate::peers::targets::{self, Running};
 use crate::peers::{Binaries, Lineup, Stand};
 use crate::process::{output, require_tool};
@@ -38,6 +39,7 @@ pub struct Plan {
 pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Instructions> {
     require_tool("valgrind", "run `apt-get install -y valgrind`")?;
     require_tool("callgrind_control", "run `apt-get install -y valgrind`")?;
+    require_tool("oha", OHA_INSTALL)?;
     let lineup = &plan.lineup;
     let mut stand = Stand::start(binaries.backend, dir, lineup.load_cpus.as_deref())?;
     let under = ["valgrind".to_owned(), "--tool=callgrind".to_owned(), format!("--callgrind-out-file={}/callgrind.%p", dir.display())];

@@ -13,6 +13,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// How to install `oha`, which Debian does not package.
+pub const OHA_INSTALL: &str = "run `cargo install oha --locked`";
+
 /// What a saturation run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Saturation {

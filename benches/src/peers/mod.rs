@@ -10,9 +10,9 @@
 pub mod targets;
 
 use crate::error::{BenchError, Result};
-use crate::load::Load;
+use crate::load::{Load, OHA_INSTALL};
 use crate::nats::Nats;
-use crate::process::{Spawned, free_port, pinned, wait_for_port};
+use crate::process::{Spawned, free_port, pinned, require_tool, wait_for_port};
 use crate::procstat::CpuTime;
 use crate::results::{LatencyRun, Logging, Peers, SaturationRun};
 use crate::stats::median;
@@ -193,6 +193,8 @@ fn start_backend(binary: &Path, dir: &Path, cpus: Option<&str>) -> Result<(Spawn
 
 /// Runs the comparison. Progress goes to stderr.
 pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Peers> {
+    require_tool("wrk", "run `apt-get install -y wrk`")?;
+    require_tool("oha", OHA_INSTALL)?;
     let lineup = &plan.lineup;
     let mut stand = Stand::start(binaries.backend, dir, lineup.load_cpus.as_deref())?;
     let mut peers = Peers {
