@@ -81,6 +81,8 @@ async fn forwarded_headers_reach_the_backend_and_hop_by_hop_ones_do_not() {
         .header("proxy-connection", "keep-alive")
         .header("x-cf-applicationid", "spoofed")
         .header("x-vcap-request-id", "client-chosen")
+        .header("referer", "https://ref.example.com/")
+        .header("user-agent", "switchyard-test/1")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let answer = http::send(router.addr(), request).await.unwrap();
@@ -104,6 +106,20 @@ async fn forwarded_headers_reach_the_backend_and_hop_by_hop_ones_do_not() {
         assert!(seen.header(hop).is_none(), "{hop} must not be forwarded");
     }
     assert!(seen.header("connection").is_none_or(|c| !c.contains("x-private")));
+
+    // The access log says what the backend was sent.
+    let expected = [
+        "app.example.com - [".to_owned(),
+        "\"GET /some/path?b=2&a=1 HTTP/1.1\" 200 0 2 \"https://ref.example.com/\" \"switchyard-test/1\" \"127.0.0.1:".to_owned(),
+        format!("\"127.0.0.1:{}\" x_forwarded_for:\"203.0.113.9, 127.0.0.1\" x_forwarded_proto:\"http\" vcap_request_id:\"{request_id}\" ", backend.port()),
+        "app_id:\"guid-123\" app_index:\"3\" instance_id:\"instance-abc\" x_cf_routererror:\"-\"\n".to_owned(),
+    ];
+    let logged = switchyard_tests::wait_until(Duration::from_secs(3), || router.access_log().contains(&expected[3]));
+    let log = router.access_log();
+    assert!(logged, "access log: {log}");
+    for part in &expected {
+        assert!(log.contains(part.as_str()), "{part:?} is not in the access log: {log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,6 +326,8 @@ async fn forwarded_proto_is_kept_sanitized_or_forced_as_configured() {
         let seen = backend.requests();
         assert_eq!(seen.len(), before + 1);
         assert_eq!(seen[before].header("x-forwarded-proto").as_deref(), Some(expected), "{overrides:?} with the client sending {sent}");
+        let logged = format!("x_forwarded_proto:\"{expected}\"");
+        assert!(switchyard_tests::wait_until(Duration::from_secs(3), || router.access_log().contains(&logged)), "{logged} not in {}", router.access_log());
     }
 }
 

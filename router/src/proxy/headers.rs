@@ -3,6 +3,7 @@
 //! Edits are made in place on the parsed header map, with values prepared once (per endpoint, per connection) or
 //! cut from the thread's slab, so forwarding a request costs no per-request `String`.
 
+use crate::access_log;
 use crate::endpoint::Endpoint;
 use crate::proxy::answer::Malformed;
 use crate::proxy::arena;
@@ -106,8 +107,9 @@ pub struct Forwarding<'a> {
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Start` and a fresh `X-Vcap-Request-Id`, and drops
 /// `Expect` (the router already answered the client's `100-continue` by reading the body). Returns the request id.
-pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: ProtoPolicy) -> Option<HeaderValue> {
-    match headers.entry(X_FORWARDED_FOR) {
+/// With an access-log entry, the `X-Forwarded-*` values set are copied into it here, where they are at hand.
+pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: ProtoPolicy, mut log: Option<&mut access_log::Entry>) -> Option<HeaderValue> {
+    let forwarded_for = match headers.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut prior) => {
             let total = prior.iter().map(|p| p.len() + 2).sum::<usize>() + facts.client_ip.len();
             let joined = arena::value(total, |slab| {
@@ -120,17 +122,27 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
             if let Some(value) = joined {
                 prior.insert(value);
             }
+            prior.into_mut()
         }
-        Entry::Vacant(slot) => {
-            slot.insert(facts.client_ip.clone());
-        }
+        Entry::Vacant(slot) => slot.insert(facts.client_ip.clone()),
+    };
+    if let Some(entry) = log.as_deref_mut() {
+        entry.x_forwarded_for = Some(forwarded_for.clone());
     }
-    if proto.force_https {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    } else if proto.sanitize {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(facts.scheme));
-    } else if let Entry::Vacant(slot) = headers.entry(X_FORWARDED_PROTO) {
-        slot.insert(HeaderValue::from_static(facts.scheme));
+    if proto.force_https || proto.sanitize {
+        let scheme = HeaderValue::from_static(if proto.force_https { "https" } else { facts.scheme });
+        if let Some(entry) = log {
+            entry.x_forwarded_proto = Some(scheme.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO, scheme);
+    } else {
+        let sent = match headers.entry(X_FORWARDED_PROTO) {
+            Entry::Occupied(sent) => sent.into_mut(),
+            Entry::Vacant(slot) => slot.insert(HeaderValue::from_static(facts.scheme)),
+        };
+        if let Some(entry) = log {
+            entry.x_forwarded_proto = Some(sent.clone());
+        }
     }
     if let Entry::Vacant(slot) = headers.entry(X_REQUEST_START)
         && let Some(value) = arena::number(facts.arrived_unix_ms) {
@@ -236,27 +248,32 @@ mod tests {
         let ip = HeaderValue::from_static("198.18.0.7");
         let facts = Forwarding { client_ip: &ip, scheme: "http", arrived_unix_ms: 1_700_000_000_123 };
         let plain = ProtoPolicy { force_https: false, sanitize: false };
+        let mut log = access_log::Entry::default();
+        let logged = |log: &access_log::Entry| (log.x_forwarded_for.clone(), log.x_forwarded_proto.clone());
 
         let mut h = map(&[("expect", "100-continue")]);
-        let id = add_forwarding(&mut h, &facts, plain).unwrap();
+        let id = add_forwarding(&mut h, &facts, plain, Some(&mut log)).unwrap();
         assert_eq!(h["x-forwarded-for"], "198.18.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-request-start"], "1700000000123");
         assert_eq!(h["x-vcap-request-id"], id);
+        assert_eq!(logged(&log), (Some(h["x-forwarded-for"].clone()), Some(h["x-forwarded-proto"].clone())));
         assert!(h.get("expect").is_none());
 
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https"), ("x-request-start", "5"), ("x-vcap-request-id", "client")]);
-        add_forwarding(&mut h, &facts, plain);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 198.18.0.7");
+        add_forwarding(&mut h, &facts, plain, Some(&mut log));
+        assert_eq!(h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["1.1.1.1, 2.2.2.2, 198.18.0.7"]);
         assert_eq!(h["x-forwarded-proto"], "https", "kept without sanitize");
+        assert_eq!(logged(&log), (Some(h["x-forwarded-for"].clone()), Some(h["x-forwarded-proto"].clone())));
         assert_eq!(h["x-request-start"], "5");
         assert_ne!(h["x-vcap-request-id"], "client");
 
-        let mut h = map(&[("x-forwarded-proto", "https")]);
-        add_forwarding(&mut h, &facts, ProtoPolicy { force_https: false, sanitize: true });
-        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-proto", "ftp")]);
+        add_forwarding(&mut h, &facts, ProtoPolicy { force_https: false, sanitize: true }, Some(&mut log));
+        assert_eq!(h.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(), ["http"], "every value the client sent is replaced");
+        assert_eq!(log.x_forwarded_proto.as_ref(), Some(&h["x-forwarded-proto"]));
         let mut h = map(&[]);
-        add_forwarding(&mut h, &facts, ProtoPolicy { force_https: true, sanitize: true });
+        add_forwarding(&mut h, &facts, ProtoPolicy { force_https: true, sanitize: true }, None);
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 

@@ -35,7 +35,7 @@ use answer::{Malformed, RouterError};
 use arc_swap::ArcSwap;
 use body::{BodyFault, Exchange, RequestBody, ResponseBody, UpstreamBody};
 use direct::{DirectBody, DirectError};
-use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID};
+use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_VCAP_REQUEST_ID};
 use http::header::{CONNECTION, HOST, REFERER, TE, TRANSFER_ENCODING, USER_AGENT};
 use http_body::Body as _;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -286,25 +286,24 @@ impl Proxy {
         let mut exchange = Exchange::begin(conn.activity.begin(), Instant::now());
         let (mut parts, body) = request.into_parts();
         let arrived_wall = SystemTime::now();
+        let host_header = parts.headers.get(HOST);
+        // An absolute-form target's authority (or HTTP/2's `:authority`) wins over the Host header (RFC 9112,
+        // 3.2.2).
+        let host_value = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => host_header.cloned(),
+        };
         if body::access_log_enabled() {
             let entry = &mut exchange.entry;
             entry.started = Some(arrived_wall);
-            entry.host = parts.headers.get(HOST).cloned();
+            // The Host as sent, if there was one.
+            entry.host = host_header.cloned().or_else(|| host_value.clone());
             entry.method = parts.method.clone();
             entry.uri = parts.uri.clone();
             entry.version = parts.version;
             entry.referer = parts.headers.get(REFERER).cloned();
             entry.user_agent = parts.headers.get(USER_AGENT).cloned();
             entry.client = Some(conn.client);
-        }
-        // An absolute-form target's authority (or HTTP/2's `:authority`) wins over the Host header (RFC 9112,
-        // 3.2.2).
-        let host_value = match parts.uri.authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => parts.headers.get(HOST).cloned(),
-        };
-        if exchange.entry.started.is_some() && exchange.entry.host.is_none() {
-            exchange.entry.host = host_value.clone();
         }
         let raw_host: &[u8] = host_value.as_ref().map_or(b"", HeaderValue::as_bytes);
         let requested_uri = parts.uri.clone();
@@ -399,13 +398,12 @@ impl Proxy {
         }
         let arrived_unix_ms = arrived_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
         let facts = Forwarding { client_ip: &conn.client_ip, scheme: conn.scheme, arrived_unix_ms };
-        let request_id = headers::add_forwarding(&mut parts.headers, &facts, self.settings.proto);
+        let log = exchange.entry.started.is_some().then_some(&mut exchange.entry);
+        let request_id = headers::add_forwarding(&mut parts.headers, &facts, self.settings.proto, log);
         if self.settings.trace.zipkin || self.settings.trace.w3c {
             trace::add_trace_headers(&mut parts.headers, &self.settings.trace);
         }
         if exchange.entry.started.is_some() {
-            exchange.entry.x_forwarded_for = parts.headers.get(X_FORWARDED_FOR).cloned();
-            exchange.entry.x_forwarded_proto = parts.headers.get(X_FORWARDED_PROTO).cloned();
             exchange.entry.request_id = request_id.clone();
         }
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
