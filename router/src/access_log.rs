@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
+use wide::u8x16;
 
 /// Buffers this large are handed to the writer without waiting for the tick.
 const FLUSH_AT: usize = 32 * 1024;
@@ -66,11 +67,53 @@ pub struct Totals {
     pub router_time: Duration,
 }
 
-/// Whether any byte must be escaped or replaced inside a quoted field. Every byte is looked at, with no early exit
-/// and no branch, so the compiler compares a vector of bytes at a time: almost no value needs care, so the whole
-/// value is scanned anyway.
+/// Whether a byte must be escaped or replaced inside a quoted field.
+fn byte_needs_care(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = ONES << 7;
+
+/// Whether any of the eight bytes in `word` is below `n` (`n` at most 0x80). A byte below `n` sets its high bit
+/// in the difference while its own high bit is clear; a borrow can only add flags above a byte already flagged, so
+/// the answer for the word as a whole is exact.
+const fn any_byte_below(word: u64, n: u8) -> bool {
+    word.wrapping_sub(ONES * n as u64) & !word & HIGH_BITS != 0
+}
+
+/// [`byte_needs_care`] for eight bytes at once.
+const fn word_needs_care(word: u64) -> bool {
+    any_byte_below(word, 0x20)
+        | any_byte_below(word ^ (ONES * b'"' as u64), 1)
+        | any_byte_below(word ^ (ONES * b'\\' as u64), 1)
+        | any_byte_below(word ^ (ONES * 0x7f), 1)
+}
+
+/// [`byte_needs_care`] for sixteen bytes at once.
+fn lane_needs_care(lane: [u8; 16]) -> bool {
+    let lane = u8x16::new(lane);
+    let care = lane.simd_lt(u8x16::splat(0x20))
+        | lane.simd_eq(u8x16::splat(b'"'))
+        | lane.simd_eq(u8x16::splat(b'\\'))
+        | lane.simd_eq(u8x16::splat(0x7f));
+    care.to_bitmask() != 0
+}
+
+/// Whether any byte of a value needs care. Almost none does, so the question is asked of many bytes at once:
+/// sixteen at a time, the last sixteen overlapping those before; a shorter value as two overlapping words. Only
+/// values under four bytes are looked at byte by byte.
 fn needs_care(bytes: &[u8]) -> bool {
-    bytes.iter().fold(false, |care, &b| care | (b == b'"') | (b == b'\\') | (b < 0x20) | (b == 0x7f))
+    if let Some(last) = bytes.last_chunk::<16>() {
+        return bytes.chunks_exact(16).any(|lane| <[u8; 16]>::try_from(lane).is_ok_and(lane_needs_care)) || lane_needs_care(*last);
+    }
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        return word_needs_care(u64::from_le_bytes(*first)) | word_needs_care(u64::from_le_bytes(*last));
+    }
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        return word_needs_care(u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32);
+    }
+    bytes.iter().any(|&b| byte_needs_care(b))
 }
 
 fn push_quoted(out: &mut Vec<u8>, value: Option<&[u8]>) {
@@ -353,6 +396,39 @@ mod tests {
         assert_eq!(quoted(b"tab\there, bell\x07, del\x7f, newline at the end of a long value\n"), b"\"tab?here, bell?, del?, newline at the end of a long value?\"");
         assert_eq!(quoted(b""), b"\"-\"");
         assert_eq!(quoted("caf\u{e9}".as_bytes()), "\"caf\u{e9}\"".as_bytes());
+    }
+
+    proptest::proptest! {
+        /// The word and lane tests agree with the byte-by-byte definition at every length, wherever the one byte
+        /// that needs care sits among bytes that do not.
+        #[test]
+        fn needs_care_agrees_with_the_bytewise_definition(
+            plain in proptest::collection::vec(proptest::prop_oneof![0x20u8..=0x7e, 0x80u8..=0xff], 0..80),
+            special in proptest::prop_oneof![0u8..0x20, proptest::strategy::Just(b'"'), proptest::strategy::Just(b'\\'), proptest::strategy::Just(0x7f)],
+            at in proptest::num::usize::ANY,
+            other in proptest::num::u8::ANY,
+        ) {
+            let plain: Vec<u8> = plain.into_iter().filter(|&b| !byte_needs_care(b)).collect();
+            proptest::prop_assert!(!needs_care(&plain));
+            let mut marked = plain.clone();
+            marked.insert(at % (plain.len() + 1), special);
+            proptest::prop_assert!(needs_care(&marked));
+            marked.insert(at % (marked.len() + 1), other);
+            proptest::prop_assert_eq!(needs_care(&marked), marked.iter().any(|&b| byte_needs_care(b)));
+        }
+    }
+
+    #[test]
+    fn every_byte_value_is_judged_alike_at_every_position_and_length() {
+        for len in 1..=40 {
+            for at in 0..len {
+                for b in 0..=u8::MAX {
+                    let mut value = vec![b'a'; len];
+                    value[at] = b;
+                    assert_eq!(needs_care(&value), byte_needs_care(b), "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
