@@ -16,6 +16,15 @@ use std::ops::Range;
 pub const MAX_HEADERS: usize = 100;
 /// Largest response head accepted (the same bound hyper's client applies).
 pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// Room a response's header map keeps for the headers the router adds on the way out (`X-Vcap-Request-Id`, a
+/// sticky-session cookie): growing a full map rehashes it, which costs more than all the rest of reading a small
+/// head.
+const SPARE_HEADER_SLOTS: usize = 2;
+/// The fewest slots a response's header map is made with. Once the response is written, hyper's HTTP/1 server
+/// keeps the emptied map for the next request on the client connection, and the router then adds its seven
+/// forwarding headers to that request: a map this large holds a small request and them without regrowing. (Larger
+/// costs more to clear than it saves; this is a speed matter only.)
+const MIN_HEADER_SLOTS: usize = 12;
 /// Longest chunk-size line (with its extensions) or trailer section accepted.
 const MAX_CHUNK_LINE_BYTES: usize = 16 * 1024;
 
@@ -248,7 +257,7 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         }
         let reason = parsed.reason.filter(|reason| !reason.is_empty() && Some(*reason) != status.canonical_reason()).map(|r| span(r.as_bytes()));
         let head = buf.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut headers = HeaderMap::with_capacity((spans.len() + SPARE_HEADER_SLOTS).max(MIN_HEADER_SLOTS));
         for (name, value) in spans {
             let name = head.get(name).and_then(|name| HeaderName::from_bytes(name).ok()).ok_or(ProtocolError::Header)?;
             let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| ProtocolError::Header)?;
