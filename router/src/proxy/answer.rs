@@ -157,7 +157,9 @@ impl RouterError {
         let header = self.header();
         if let Some(exchange) = exchange.as_mut() {
             exchange.status = status.as_u16();
-            exchange.entry.router_error = Some(header.clone());
+            if let Some(entry) = exchange.entry.as_deref_mut() {
+                entry.router_error = Some(header.clone());
+            }
         }
         let body = self.body(route);
         let has_body = !body.is_empty();

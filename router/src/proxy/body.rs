@@ -53,8 +53,9 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// One request's life, finished when dropped.
 #[derive(Debug)]
 pub struct Exchange {
-    /// Access-log fields (left default when no access log is written).
-    pub entry: Entry,
+    /// Access-log fields, when an access log is written. Boxed: the exchange travels inside the response through
+    /// every layer that returns it, and the fields are most of its size.
+    pub entry: Option<Box<Entry>>,
     /// Status sent; [`CLIENT_CLOSED`] until a response exists.
     pub status: u16,
     started: Instant,
@@ -71,7 +72,7 @@ impl Exchange {
     /// Starts an exchange for a request that arrived at `started`.
     pub fn begin(busy: BusyGuard, started: Instant) -> Self {
         Self {
-            entry: Entry::default(),
+            entry: None,
             status: CLIENT_CLOSED,
             started,
             backend_time: Duration::ZERO,
@@ -92,7 +93,9 @@ impl Exchange {
     /// Records the backend that answered (none for a route service), and the connection to return when the
     /// response is read.
     pub fn served_by(&mut self, in_flight: Option<InFlight>, upstream: Option<Pooled>, backend_time: Duration) {
-        self.entry.backend = in_flight.as_ref().map(|f| Arc::clone(f.endpoint()));
+        if let Some(entry) = self.entry.as_deref_mut() {
+            entry.backend = in_flight.as_ref().map(|f| Arc::clone(f.endpoint()));
+        }
         self.in_flight = in_flight;
         self.upstream = upstream;
         self.backend_time = backend_time;
@@ -121,6 +124,7 @@ impl Drop for Exchange {
             });
         }
         LocalMetrics::request_done(self.status);
+        let Some(entry) = self.entry.as_deref() else { return };
         ACCESS_LOG.with(|cell| {
             let Ok(log) = cell.try_borrow() else { return };
             let Some(log) = log.as_ref() else { return };
@@ -132,7 +136,7 @@ impl Drop for Exchange {
                 response_time,
                 router_time: response_time.saturating_sub(self.backend_time),
             };
-            log.record(&self.entry, &totals);
+            log.record(entry, &totals);
         });
     }
 }

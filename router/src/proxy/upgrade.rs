@@ -88,7 +88,9 @@ pub(super) async fn tunnel(
             }
             let (response_parts, _) = response.into_parts();
             // The tunnel task holds the in-flight count; the exchange only names the backend for the log.
-            exchange.entry.backend = Some(Arc::clone(endpoint));
+            if let Some(entry) = exchange.entry.as_deref_mut() {
+                entry.backend = Some(Arc::clone(endpoint));
+            }
             return Response::from_parts(response_parts, ResponseBody::full(bytes::Bytes::new(), Some(exchange)));
         }
         // The backend declined the switch: relay its answer; the connection is not pooled.
