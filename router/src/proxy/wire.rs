@@ -249,7 +249,8 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
             let at = part.as_ptr() as usize - base;
             at..at + part.len()
         };
-        let mut spans: SmallVec<[(Range<usize>, Range<usize>); 32]> = SmallVec::with_capacity(parsed.headers.len());
+        // Iterated in place, never moved: at 1 KiB inline, each move of it is a copy that shows in the profile.
+        let mut spans: SmallVec<[(Range<usize>, Range<usize>); 32]> = SmallVec::new();
         let mut framing = FramingHeaders::default();
         for header in parsed.headers.iter() {
             framing.read(header.name.as_bytes(), header.value)?;
@@ -258,9 +259,9 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         let reason = parsed.reason.filter(|reason| !reason.is_empty() && Some(*reason) != status.canonical_reason()).map(|r| span(r.as_bytes()));
         let head = buf.split_to(length).freeze();
         let mut headers = HeaderMap::with_capacity((spans.len() + SPARE_HEADER_SLOTS).max(MIN_HEADER_SLOTS));
-        for (name, value) in spans {
-            let name = head.get(name).and_then(|name| HeaderName::from_bytes(name).ok()).ok_or(ProtocolError::Header)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| ProtocolError::Header)?;
+        for (name, value) in &spans {
+            let name = head.get(name.clone()).and_then(|name| HeaderName::from_bytes(name).ok()).ok_or(ProtocolError::Header)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).map_err(|_| ProtocolError::Header)?;
             headers.append(name, value);
         }
         let (mut parts, ()) = Response::new(()).into_parts();
