@@ -1,11 +1,12 @@
-//! What the router reads from plain HTTP/1.1 backends on the path that bodyless requests take: every way a
-//! response body can be framed (a mebibyte of it too), interim answers, connection reuse and a pooled connection the backend closed,
-//! and answers that break the protocol (bodies with codings other than one `chunked` among them, on the path
-//! requests with bodies take too). The backend here is a raw socket that sends exactly the bytes each test
-//! scripts, so no HTTP library on the backend side smooths anything over.
+//! What the router sends to and reads from plain HTTP/1.1 backends on the path that bodyless requests and small
+//! bodies read whole take: every way a response body can be framed (a mebibyte of it too), interim answers,
+//! connection reuse and a pooled connection the backend closed, answers that break the protocol (bodies with
+//! codings other than one `chunked` among them, on the path streamed bodies take too), small request bodies sent
+//! whole and a client that never sends one. The backend here is a raw socket that sends exactly the bytes each
+//! test scripts, so no HTTP library on the backend side smooths anything over.
 #![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_tests::http::{Ending, raw_exchange, wire};
@@ -30,6 +31,7 @@ struct ScriptedBackend {
     port: u16,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl ScriptedBackend {
@@ -38,14 +40,20 @@ impl ScriptedBackend {
         let port = listener.local_addr().expect("backend address").port();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (accepted, served) = (Arc::clone(&connections), Arc::clone(&requests));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (accepted, served, received) = (Arc::clone(&connections), Arc::clone(&requests), Arc::clone(&bodies));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, script, Arc::clone(&served)));
+                tokio::spawn(serve(stream, script, Arc::clone(&served), Arc::clone(&received)));
             }
         });
-        Self { port, connections, requests }
+        Self { port, connections, requests, bodies }
+    }
+
+    /// The bodies of the requests that carried one, in arrival order.
+    fn bodies(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().map(|bodies| bodies.clone()).unwrap_or_default()
     }
 
     fn connections(&self) -> usize {
@@ -57,9 +65,9 @@ impl ScriptedBackend {
     }
 }
 
-/// Serves one connection: reads request heads (the router sends these requests without bodies) and answers each,
+/// Serves one connection: reads each request head and the body its `Content-Length` announces, and answers each,
 /// without the body when the request is a HEAD.
-async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), served: Arc<AtomicUsize>) {
+async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), served: Arc<AtomicUsize>, bodies: Arc<Mutex<Vec<Vec<u8>>>>) {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -71,7 +79,21 @@ async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), serve
             continue;
         };
         let head = String::from_utf8_lossy(&received[..end]).into_owned();
-        received.drain(..end + 4);
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, value)| value.trim().parse().ok())
+            .unwrap_or(0);
+        while received.len() < end + 4 + length {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body: Vec<u8> = received.drain(..end + 4 + length).skip(end + 4).collect();
+        if length > 0 {
+            bodies.lock().expect("bodies lock").push(body);
+        }
         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
         served.fetch_add(1, Ordering::SeqCst);
         let (mut answer, then) = script(&path);
@@ -235,4 +257,64 @@ async fn answers_that_break_the_protocol_are_502_and_counted() {
     let messages = wire::messages(&truncated.received, wire::Side::Response).map(|(found, _)| found).unwrap_or_default();
     assert!(messages.iter().all(|m| !m.complete || m.body.len() < 10), "{:?}", String::from_utf8_lossy(&truncated.received));
     assert_eq!(router.get("broken.example.com", "/length").await.text(), "hello", "the router still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_go_whole_with_their_head_and_large_ones_stream() {
+    let backend = ScriptedBackend::start(script).await;
+    let (_nats, router) = routed(&backend, "post.example.com").await;
+    let post = |path: &str, body: &[u8]| {
+        let mut request = format!("POST {path} HTTP/1.1\r\nHost: post.example.com\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        request.extend_from_slice(body);
+        request
+    };
+    // Bodies up to the size read whole, then one over it (streamed by the general client, which keeps a pool of its
+    // own): each answered, each body intact, and the small ones all over one pooled backend connection.
+    // A GET first: bodyless requests are sent whole too, so sharing its connection shows the small POSTs were.
+    assert_eq!(router.get("post.example.com", "/length").await.text(), "hello");
+    let sizes = [8 * 1024, 1, 100, 1000, 5000, 0, 8 * 1024 + 1];
+    for (n, &size) in sizes.iter().enumerate() {
+        let body: Vec<u8> = (0..size).map(|i| u8::try_from((i * 7 + n) % 251).unwrap_or(0)).collect();
+        let answers = raw_exchange(router.addr(), &post("/length", &body), Duration::from_secs(5), Duration::from_millis(200)).await;
+        let messages = answers.responses().unwrap_or_else(|e| panic!("POST of {size} bytes: {e}"));
+        assert_eq!(messages.first().map(|m| (m.start_line.as_str(), m.body.as_slice())), Some(("HTTP/1.1 200 OK", &b"hello"[..])), "POST of {size} bytes");
+        if size > 0 {
+            assert_eq!(backend.bodies().last(), Some(&body), "the {size}-byte body arrived intact");
+        }
+        if size <= 8 * 1024 {
+            assert_eq!(backend.connections(), 1, "the POST of {size} bytes went over the one pooled backend connection");
+        }
+    }
+    assert_eq!(backend.bodies().len(), sizes.len() - 1, "every body was sent once");
+
+    // A client that announces a small body and leaves before sending it: the backend sees nothing, and the
+    // request is logged as given up.
+    let requests = backend.requests();
+    let cut = raw_exchange(router.addr(), b"POST /length HTTP/1.1\r\nHost: post.example.com\r\nContent-Length: 100\r\n\r\nonly part", Duration::from_secs(2), Duration::ZERO).await;
+    assert!(cut.received.is_empty() || String::from_utf8_lossy(&cut.received).starts_with("HTTP/1.1 "), "{:?}", String::from_utf8_lossy(&cut.received));
+    let logged = switchyard_tests::wait_until(Duration::from_secs(5), || router.access_log().contains("\"POST /length HTTP/1.1\" 499"));
+    assert!(logged, "access log: {}", router.access_log());
+    assert_eq!(backend.requests(), requests, "no part of the cut request reached the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_that_never_arrives_is_408_after_endpoint_timeout_and_reaches_no_backend() {
+    let backend = ScriptedBackend::start(script).await;
+    let nats = NatsServer::start();
+    let router = RouterProcess::start(&nats, &[("endpoint_timeout", "1s")]);
+    publish(&nats.client().await, "router.register", &registration(backend.port, &["stall.example.com"])).await;
+    assert!(router.routes_eventually_have("stall.example.com").await);
+
+    let started = std::time::Instant::now();
+    let stalled = raw_exchange(router.addr(), b"POST /length HTTP/1.1\r\nHost: stall.example.com\r\nContent-Length: 100\r\n\r\nten bytes.", Duration::from_secs(10), Duration::from_millis(200)).await;
+    let waited = started.elapsed();
+    let messages = stalled.responses().unwrap_or_else(|e| panic!("unreadable answer: {e}: {:?}", String::from_utf8_lossy(&stalled.received)));
+    let answer = messages.first().expect("an answer to the stalled request");
+    assert!(answer.start_line.starts_with("HTTP/1.1 408"), "{}", answer.start_line);
+    assert_eq!(answer.header("x-cf-routererror"), Some("request_body_timeout"));
+    assert_eq!(stalled.ending, Ending::Closed, "the connection ends with the answer");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "answered after {waited:?}");
+    assert_eq!((backend.connections(), backend.requests()), (0, 0), "nothing reached the backend");
+    let metrics = router.metrics().await;
+    assert_eq!(metric_value(&metrics, "switchyard_router_backend_errors_total"), None, "the backend is not blamed: {metrics}");
 }

@@ -3,7 +3,7 @@
 
 use crate::proxy::body::{Exchange, ResponseBody};
 use crate::tls::TlsFailure;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use http::{Response, StatusCode};
 
 /// The header that says why the router, not the app, answered.
@@ -84,6 +84,9 @@ pub enum RouterError {
     RouteServiceExpired,
     /// A request came back from a route service with a signature that does not verify, or names another route.
     RouteServiceInvalid,
+    /// The client announced a small body (read whole before forwarding) and did not send it within
+    /// `endpoint_timeout`.
+    BodyTimeout,
     /// `X-CF-APP-INSTANCE` names an instance the route does not have.
     UnknownInstance {
         /// App GUID asked for.
@@ -106,6 +109,7 @@ impl RouterError {
             Self::RouteServiceUpgrade => StatusCode::SERVICE_UNAVAILABLE,
             Self::RouteServiceExpired => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -119,6 +123,7 @@ impl RouterError {
             Self::InvalidAppInstanceHeader => HeaderValue::from_static("invalid_cf_app_instance_header"),
             Self::UnsupportedMethod => HeaderValue::from_static("unsupported_method"),
             Self::MalformedRequest(_) => HeaderValue::from_static("malformed_request"),
+            Self::BodyTimeout => HeaderValue::from_static("request_body_timeout"),
             Self::RouteServiceUnsupported | Self::RouteServiceUpgrade => HeaderValue::from_static("route_service_unsupported"),
             Self::RouteServiceExpired => HeaderValue::from_static("route_service_signature_expired"),
             Self::RouteServiceInvalid => HeaderValue::from_static("route_service_signature_invalid"),
@@ -140,6 +145,7 @@ impl RouterError {
             Self::InvalidAppInstanceHeader => "400 Bad Request: Invalid X-CF-App-Instance Header\n".to_owned(),
             Self::UnsupportedMethod => "405 Method Not Allowed\n".to_owned(),
             Self::MalformedRequest(what) => format!("400 Bad Request: {}\n", what.detail()),
+            Self::BodyTimeout => "408 Request Timeout: The request body did not arrive in time.\n".to_owned(),
             Self::BackendTls(failure, _) => format!("{}\n", tls_body(failure)),
             Self::RouteServiceUnsupported => "502 Bad Gateway: Support for route services is disabled.\n".to_owned(),
             Self::RouteServiceUpgrade => "503 Service Unavailable: Websocket requests are not supported for routes bound to Route Services.\n".to_owned(),
@@ -173,6 +179,10 @@ impl RouterError {
         }
         if *self == Self::UnknownRoute {
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+        }
+        if *self == Self::BodyTimeout {
+            // The rest of the body may still come: nothing after it on this connection can be read as a request.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -224,6 +234,14 @@ mod tests {
             assert_eq!(error.header(), "malformed_request");
             assert_eq!(error.body("a"), body);
         }
+    }
+
+    #[test]
+    fn a_body_that_did_not_arrive_is_408_and_ends_the_connection() {
+        let response = RouterError::BodyTimeout.respond("a", None);
+        assert_eq!(response.status(), 408);
+        assert_eq!(response.headers()["x-cf-routererror"], "request_body_timeout");
+        assert_eq!(response.headers()["connection"], "close");
     }
 
     #[test]

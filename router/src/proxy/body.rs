@@ -204,6 +204,11 @@ impl BodyTally {
     }
 }
 
+/// Largest client body read whole before the request goes to a backend. Below the smallest initial TCP send
+/// buffer, so head and body leave in one write: the backend cannot answer early, before the router has finished
+/// sending, and have its answer lost to a reset of the rest.
+pub const BUFFERED_BODY_LIMIT: u64 = 8 * 1024;
+
 /// The body sent to a backend.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -211,15 +216,46 @@ pub enum RequestBody {
     Empty,
     /// The client's body, streamed through and tallied.
     Client(Incoming, Arc<BodyTally>),
+    /// A small client body, already read whole (and tallied); `None` once sent.
+    Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
-    /// The client body's tally, if there is a client body.
+    /// The client body's tally, if a client body is still to be read.
     pub fn tally(&self) -> Option<Arc<BodyTally>> {
         match self {
-            Self::Empty => None,
+            Self::Empty | Self::Buffered(_) => None,
             Self::Client(_, tally) => Some(Arc::clone(tally)),
         }
+    }
+
+    /// The bytes of a body read whole: empty for no body. `None` for a body still streaming from the client.
+    pub fn whole(&self) -> Option<&[u8]> {
+        match self {
+            Self::Empty | Self::Buffered(None) => Some(&[]),
+            Self::Buffered(Some(bytes)) => Some(bytes),
+            Self::Client(..) => None,
+        }
+    }
+
+    /// Reads a client body of a known length up to [`BUFFERED_BODY_LIMIT`] whole, so it can go to a backend with
+    /// its head in one write; any other body is returned as it is. HTTP/1 only: there a body with a length has no
+    /// trailers to lose.
+    pub async fn read_small(self, http1: bool) -> Result<Self, BodyFault> {
+        let Self::Client(mut incoming, tally) = self else { return Ok(self) };
+        let small = http1 && incoming.size_hint().exact().is_some_and(|length| length <= BUFFERED_BODY_LIMIT);
+        if !small {
+            return Ok(Self::Client(incoming, tally));
+        }
+        let mut whole = bytes::BytesMut::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await {
+            let frame = frame.map_err(|error| BodyFault::of(&error))?;
+            if let Ok(data) = frame.into_data() {
+                tally.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                whole.extend_from_slice(&data);
+            }
+        }
+        Ok(Self::Buffered(Some(whole.freeze())))
     }
 }
 
@@ -230,6 +266,7 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
+            Self::Buffered(whole) => Poll::Ready(whole.take().map(|bytes| Ok(Frame::data(bytes)))),
             Self::Client(body, tally) => {
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 match &frame {
@@ -248,14 +285,16 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Empty => true,
+            Self::Empty | Self::Buffered(None) => true,
+            Self::Buffered(Some(_)) => false,
             Self::Client(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Empty => SizeHint::with_exact(0),
+            Self::Empty | Self::Buffered(None) => SizeHint::with_exact(0),
+            Self::Buffered(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Self::Client(body, _) => body.size_hint(),
         }
     }

@@ -1,12 +1,14 @@
 //! Plain HTTP/1.1 to a backend, driven by the request's own task.
 //!
-//! Most requests through the router are bodyless (GET, HEAD, DELETE...) to plain HTTP/1.1 backends. For those, a
-//! client connection run as a task of its own (fed through a channel, answering through another) costs more than
-//! the exchange itself: the request's task writes the head, reads the response head and hands the socket to the
-//! response body, which reads the rest as the client takes it and puts the connection back in the worker's pool
-//! once the body is complete. The protocol decisions are `wire.rs`'s; this module only moves bytes.
+//! Most requests through the router are bodyless (GET, HEAD, DELETE...) or carry a small body, to plain HTTP/1.1
+//! backends. For those, a client connection run as a task of its own (fed through a channel, answering through
+//! another) costs more than the exchange itself: the request's task writes the head (and the small body, read whole
+//! beforehand, in the same write), reads the response head and hands the socket to the response body, which reads
+//! the rest as the client takes it and puts the connection back in the worker's pool once the body is complete.
+//! The protocol decisions are `wire.rs`'s; this module only moves bytes.
 //!
-//! Requests with a body, upgrades, TLS and HTTP/2 backends keep the general client in `upstream.rs`.
+//! Requests with a larger or unsized body, upgrades, TLS and HTTP/2 backends keep the general client in
+//! `upstream.rs`.
 
 use crate::endpoint::UpstreamKey;
 use crate::proxy::upstream;
@@ -28,7 +30,7 @@ const MAX_READ_ROOM: usize = 256 * 1024;
 /// How an exchange on a plain connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
-    /// The request head could not be written: the backend has not seen the request.
+    /// No byte of the request could be written: the backend has not seen it.
     #[error("connection closed before the request was sent: {0}")]
     Unsent(io::Error),
     /// The backend closed or reset the connection before any byte of an answer.
@@ -102,11 +104,23 @@ impl DirectConn {
         }
     }
 
-    /// Sends a bodyless request and reads the response head.
-    pub async fn exchange(&mut self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Head, DirectError> {
+    /// Sends a request, head and `body` in one write where the socket takes it, and reads the response head.
+    pub async fn exchange(&mut self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Head, DirectError> {
         self.head.clear();
         wire::encode_request_head(method, uri, headers, &mut self.head);
-        self.stream.write_all(&self.head).await.map_err(DirectError::Unsent)?;
+        if !body.is_empty() {
+            self.head.extend_from_slice(body);
+        }
+        let mut written = 0;
+        while let Some(rest) = self.head.get(written..).filter(|rest| !rest.is_empty()) {
+            // Once any byte has gone, the backend may have begun on the request: it is no longer unsent.
+            let failed = |error: io::Error| if written == 0 { DirectError::Unsent(error) } else { DirectError::Unanswered(Some(error)) };
+            match self.stream.write(rest).await {
+                Ok(0) => return Err(failed(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(error) => return Err(failed(error)),
+            }
+        }
         loop {
             if !self.received.is_empty()
                 && let Some(head) = wire::parse_response_head(&mut self.received, method)? {
