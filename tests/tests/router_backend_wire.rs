@@ -69,12 +69,10 @@ impl ScriptedBackend {
 /// without the body when the request is a HEAD.
 async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), served: Arc<AtomicUsize>, bodies: Arc<Mutex<Vec<Vec<u8>>>>) {
     let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
     loop {
         let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
+            if !read_more(&mut stream, &mut received).await {
+                return;
             }
             continue;
         };
@@ -85,9 +83,8 @@ async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), serve
             .and_then(|(_, value)| value.trim().parse().ok())
             .unwrap_or(0);
         while received.len() < end + 4 + length {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
+            if !read_more(&mut stream, &mut received).await {
+                return;
             }
         }
         let body: Vec<u8> = received.drain(..end + 4 + length).skip(end + 4).collect();
@@ -111,6 +108,18 @@ async fn serve(mut stream: TcpStream, script: fn(&str) -> (Vec<u8>, Then), serve
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return;
             }
+        }
+    }
+}
+
+/// Appends what the connection delivers next; false once it has ended.
+async fn read_more(stream: &mut TcpStream, received: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            received.extend_from_slice(&buf[..n]);
+            true
         }
     }
 }

@@ -107,7 +107,8 @@ pub struct Forwarding<'a> {
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Start` and a fresh `X-Vcap-Request-Id`, and drops
 /// `Expect` (the router already answered the client's `100-continue` by reading the body). Returns the request id.
-/// With an access-log entry, the `X-Forwarded-*` values set are copied into it here, where they are at hand.
+/// With an access-log entry, the `X-Forwarded-*` values and the request id are copied into it here, where they are
+/// at hand.
 pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: ProtoPolicy, mut log: Option<&mut access_log::Entry>) -> Option<HeaderValue> {
     let forwarded_for = match headers.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut prior) => {
@@ -131,7 +132,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
     }
     if proto.force_https || proto.sanitize {
         let scheme = HeaderValue::from_static(if proto.force_https { "https" } else { facts.scheme });
-        if let Some(entry) = log {
+        if let Some(entry) = log.as_deref_mut() {
             entry.x_forwarded_proto = Some(scheme.clone());
         }
         headers.insert(X_FORWARDED_PROTO, scheme);
@@ -140,7 +141,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
             Entry::Occupied(sent) => sent.into_mut(),
             Entry::Vacant(slot) => slot.insert(HeaderValue::from_static(facts.scheme)),
         };
-        if let Some(entry) = log {
+        if let Some(entry) = log.as_deref_mut() {
             entry.x_forwarded_proto = Some(sent.clone());
         }
     }
@@ -152,6 +153,9 @@ pub fn add_forwarding(headers: &mut HeaderMap, facts: &Forwarding<'_>, proto: Pr
     let request_id = arena::uuid();
     if let Some(id) = &request_id {
         headers.insert(X_VCAP_REQUEST_ID, id.clone());
+    }
+    if let Some(entry) = log {
+        entry.request_id.clone_from(&request_id);
     }
     request_id
 }
@@ -257,6 +261,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-request-start"], "1700000000123");
         assert_eq!(h["x-vcap-request-id"], id);
+        assert_eq!(log.request_id.as_ref(), Some(&id));
         assert_eq!(logged(&log), (Some(h["x-forwarded-for"].clone()), Some(h["x-forwarded-proto"].clone())));
         assert!(h.get("expect").is_none());
 

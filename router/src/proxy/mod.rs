@@ -39,7 +39,7 @@ use direct::{DirectBody, DirectError};
 use headers::{Forwarding, ProtoPolicy, X_CF_APP_INSTANCE, X_VCAP_REQUEST_ID};
 use http::header::{CONNECTION, HOST, REFERER, TE, TRANSFER_ENCODING, USER_AGENT};
 use http_body::Body as _;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -237,11 +237,6 @@ fn closed_without_answer(error: &hyper::Error) -> bool {
     false
 }
 
-/// Whether an answer with `status` to a request (a HEAD one when `to_head`) has a body.
-fn has_body(to_head: bool, status: StatusCode) -> bool {
-    !(to_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
-}
-
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
@@ -404,9 +399,6 @@ impl Proxy {
         let request_id = headers::add_forwarding(&mut parts.headers, &facts, self.settings.proto, exchange.entry.as_deref_mut());
         if self.settings.trace.zipkin || self.settings.trace.w3c {
             trace::add_trace_headers(&mut parts.headers, &self.settings.trace);
-        }
-        if let Some(entry) = exchange.entry.as_deref_mut() {
-            entry.request_id = request_id.clone();
         }
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = origin_form(&parts.uri);
@@ -610,7 +602,7 @@ impl Proxy {
                 copy
             });
             let tally = request.body().tally();
-            let to_head = *request.method() == Method::HEAD;
+            let method = request.method().clone();
             let sent = Instant::now();
             let outcome = tokio::time::timeout(self.settings.endpoint_timeout, connection.send(request)).await;
             match outcome {
@@ -618,7 +610,7 @@ impl Proxy {
                 Ok(Ok(response)) => {
                     let waited = sent.elapsed();
                     LocalMetrics::backend(waited.as_secs_f64());
-                    if has_body(to_head, response.status()) && TransferCodings::of(response.headers()).unsupported() {
+                    if wire::has_body(&method, response.status()) && TransferCodings::of(response.headers()).unsupported() {
                         // Dropping the unread answer closes its connection.
                         return Attempt::Failed(AttemptError::Answer(ProtocolError::TransferCoding));
                     }

@@ -191,7 +191,7 @@ impl FramingHeaders {
     /// The framing of a response with `status` to a `method` request, and whether the connection can be reused.
     fn decide(&self, method: &Method, status: StatusCode, version: Version) -> Result<(Framing, bool), ProtocolError> {
         let persistent = if version == Version::HTTP_11 { !self.close } else { self.keep_alive && !self.close };
-        if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        if !has_body(method, status) {
             return Ok((Framing::Empty, persistent));
         }
         if self.codings.named() {
@@ -210,6 +210,12 @@ impl FramingHeaders {
             None => (Framing::UntilClose, false),
         })
     }
+}
+
+/// Whether an answer with `status` to a `method` request has a body: not to HEAD, and not with 1xx, 204 or 304,
+/// whatever its headers say (RFC 9112, 6.3).
+pub fn has_body(method: &Method, status: StatusCode) -> bool {
+    !(*method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
 }
 
 /// A decimal `Content-Length`: digits only.
