@@ -81,33 +81,45 @@ impl Action {
     }
 }
 
-/// Reads an announcement from `subject` (`lb.register`, `lb.unregister`, or scoped `lb.register.<vip>`).
-fn read_announcement(subject: &str, payload: &[u8], limits: &MessageLimits) -> Result<(Action, LbRegistration), String> {
+/// Which announcement a subject carries: `lb.register` / `lb.unregister`, or scoped to a VIP as
+/// `lb.register.<vip>` / `lb.unregister.<vip>`. `None` for any other subject.
+fn subject_action(subject: &str) -> Option<(Action, Option<&str>)> {
     let (action, scope) = if let Some(rest) = subject.strip_prefix(SUBJECT_LB_UNREGISTER) {
         (Action::Unregister, rest)
-    } else if let Some(rest) = subject.strip_prefix(SUBJECT_LB_REGISTER) {
-        (Action::Register, rest)
     } else {
-        return Err(format!("unexpected subject {subject}"));
+        (Action::Register, subject.strip_prefix(SUBJECT_LB_REGISTER)?)
     };
+    match scope.strip_prefix('.') {
+        None if scope.is_empty() => Some((action, None)),
+        Some(vip) if !vip.is_empty() && !vip.contains('.') => Some((action, Some(vip))),
+        _ => None,
+    }
+}
+
+/// Reads an announcement's `payload`; `vip` is the VIP its subject is scoped to, if any.
+fn read_announcement(vip: Option<&str>, payload: &[u8], limits: &MessageLimits) -> Result<LbRegistration, String> {
     let announcement = LbRegistration::parse(payload, limits).map_err(|e| e.to_string())?;
-    if let Some(vip) = scope.strip_prefix('.')
+    if let Some(vip) = vip
         && vip != announcement.vip
     {
         return Err(format!("sent on the subject of VIP `{vip}` but names VIP `{}`", announcement.vip));
     }
-    Ok((action, announcement))
+    Ok(announcement)
 }
 
-fn announcement_subjects(nats: &LbNatsConfig) -> Vec<String> {
-    let mut subjects = vec![format!("{SUBJECT_LB_REGISTER}.*"), format!("{SUBJECT_LB_UNREGISTER}.*")];
+/// The subscriptions announcements arrive on: scoped ones always, unscoped ones if configured. Register and
+/// unregister share each subscription because NATS keeps a publisher's messages in order only within one: with a
+/// subscription per subject, a cell's withdrawal could be applied before the announcement it follows.
+fn announcement_subjects(nats: &LbNatsConfig) -> Vec<&'static str> {
+    let mut subjects = vec!["lb.*.*"];
     if nats.unscoped_subjects {
-        subjects.extend([SUBJECT_LB_REGISTER.to_owned(), SUBJECT_LB_UNREGISTER.to_owned()]);
+        subjects.push("lb.*");
     }
     subjects
 }
 
-/// Subscribes to the announcement subjects and forwards parsed announcements.
+/// Subscribes to the announcement subjects and forwards parsed announcements, in the order each subscription
+/// delivers them.
 async fn subscribe_announcements(
     client: &async_nats::Client,
     nats: &LbNatsConfig,
@@ -116,21 +128,22 @@ async fn subscribe_announcements(
 ) -> Result<(), LbError> {
     let limits = MessageLimits { max_payload_bytes: nats.max_message_bytes, ..MessageLimits::default() };
     for subject in announcement_subjects(nats) {
-        let mut subscription = client.subscribe(subject.clone()).await.map_err(|e| LbError::Nats(format!("subscribe to {subject}: {e}")))?;
+        let mut subscription = client.subscribe(subject).await.map_err(|e| LbError::Nats(format!("subscribe to {subject}: {e}")))?;
         let sender = sender.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
             while let Some(message) = subscription.next().await {
-                match read_announcement(message.subject.as_str(), &message.payload, &limits) {
+                // Other subjects under `lb.` are not announcements.
+                let Some((action, vip)) = subject_action(message.subject.as_str()) else { continue };
+                match read_announcement(vip, &message.payload, &limits) {
                     Ok(announcement) => {
-                        if sender.send(announcement).await.is_err() {
+                        if sender.send((action, announcement)).await.is_err() {
                             return;
                         }
                     }
                     Err(reason) => {
-                        let action = if message.subject.as_str().starts_with(SUBJECT_LB_UNREGISTER) { "unregister" } else { "register" };
-                        metrics.announcement_messages.with_label_values(&[action, "rejected"]).inc();
+                        metrics.announcement_messages.with_label_values(&[action.as_str(), "rejected"]).inc();
                         tracing::warn!(subject = %message.subject, %reason, "refused an announcement");
                     }
                 }
@@ -488,23 +501,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn announcements_are_read_from_plain_and_scoped_subjects() {
+    fn announcement_subjects_are_matched_exactly() {
+        assert_eq!(subject_action("lb.register"), Some((Action::Register, None)));
+        assert_eq!(subject_action("lb.unregister"), Some((Action::Unregister, None)));
+        assert_eq!(subject_action("lb.register.web"), Some((Action::Register, Some("web"))));
+        assert_eq!(subject_action("lb.unregister.web"), Some((Action::Unregister, Some("web"))));
+        for other in ["lb.registered", "lb.registerweb", "lb.register.", "lb.register.a.b", "lb.unregisterx.web", "lb.other", "lb.other.web", "router.register"] {
+            assert_eq!(subject_action(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_scoped_announcement_must_name_its_subjects_vip() {
         let limits = MessageLimits::default;
         let payload = br#"{"vip":"web","host":"198.18.1.2","port":10001}"#;
-        assert_eq!(read_announcement("lb.register", payload, &limits()).unwrap().0, Action::Register);
-        assert_eq!(read_announcement("lb.unregister", payload, &limits()).unwrap().0, Action::Unregister);
-        assert_eq!(read_announcement("lb.register.web", payload, &limits()).unwrap().1.vip, "web");
-        let err = read_announcement("lb.register.api", payload, &limits()).unwrap_err();
+        assert_eq!(read_announcement(None, payload, &limits()).unwrap().vip, "web");
+        assert_eq!(read_announcement(Some("web"), payload, &limits()).unwrap().vip, "web");
+        let err = read_announcement(Some("api"), payload, &limits()).unwrap_err();
         assert_eq!(err, "sent on the subject of VIP `api` but names VIP `web`");
-        assert!(read_announcement("lb.register", b"{}", &limits()).is_err());
+        assert!(read_announcement(None, b"{}", &limits()).is_err());
     }
 
     #[test]
     fn the_unscoped_subjects_can_be_turned_off() {
         let mut nats = LbNatsConfig::default();
-        assert_eq!(announcement_subjects(&nats).len(), 4);
+        assert_eq!(announcement_subjects(&nats), ["lb.*.*", "lb.*"]);
         nats.unscoped_subjects = false;
-        assert_eq!(announcement_subjects(&nats), vec!["lb.register.*".to_owned(), "lb.unregister.*".to_owned()]);
+        assert_eq!(announcement_subjects(&nats), ["lb.*.*"]);
     }
 
     #[test]

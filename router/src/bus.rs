@@ -13,7 +13,7 @@ use crate::metrics::RouterMetrics;
 use crate::registry::{Outcome, Registry, Removal};
 use crate::table::RouteTable;
 use arc_swap::ArcSwap;
-use async_nats::{Client, Message, Subscriber};
+use async_nats::{Client, Message, Subject, Subscriber};
 use futures_util::StreamExt;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::Arc;
@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Most messages applied before a new table version is published, so a flood still makes steady progress.
 const MAX_BATCH: usize = 4096;
+
+/// Every subject the router reads, in one subscription. NATS keeps one publisher's messages in order only within a
+/// subscription; with one per subject, a register and the unregister sent right after it could be applied the other
+/// way round, leaving a dead endpoint routable until it expires (or a live one gone until its next refresh).
+const SUBJECT_INBOUND: &str = "router.*";
 
 /// How the bus task behaves.
 #[derive(Debug, Clone)]
@@ -103,19 +108,18 @@ impl Throttle {
 impl Bus {
     /// Subscribes and runs until `shutdown` fires.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), BusError> {
-        let subscribe = |subject: &'static str| {
-            let client = self.client.clone();
-            async move { client.subscribe(subject).await.map_err(|e| BusError { subject, reason: e.to_string() }) }
-        };
-        let mut registers = subscribe(SUBJECT_REGISTER).await?;
-        let mut unregisters = subscribe(SUBJECT_UNREGISTER).await?;
-        let mut greets = subscribe(SUBJECT_GREET).await?;
+        let mut inbound = self
+            .client
+            .subscribe(SUBJECT_INBOUND)
+            .await
+            .map_err(|e| BusError { subject: SUBJECT_INBOUND, reason: e.to_string() })?;
         let start_payload = serde_json::to_vec(&self.settings.start).unwrap_or_default();
         let mut prune = tokio::time::interval(self.settings.prune_interval);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         prune.tick().await;
         let mut announced_connects = 0;
         let mut throttle = Throttle { last_ms: 0, suppressed: 0 };
+        let mut greetings = Vec::new();
         self.publish_table();
         loop {
             let link = *self.link.borrow_and_update();
@@ -134,20 +138,14 @@ impl Bus {
                         return Ok(());
                     }
                 }
-                message = registers.next() => {
+                message = inbound.next() => {
                     let Some(message) = message else { return Ok(()) };
-                    self.apply_batch(Action::Register, message, &mut registers, &mut throttle);
-                }
-                message = unregisters.next() => {
-                    let Some(message) = message else { return Ok(()) };
-                    self.apply_batch(Action::Unregister, message, &mut unregisters, &mut throttle);
-                }
-                message = greets.next() => {
-                    let Some(message) = message else { return Ok(()) };
-                    if let Some(reply) = message.reply
-                        && let Err(err) = self.client.publish(reply, start_payload.clone().into()).await {
+                    self.apply_batch(message, &mut inbound, &mut throttle, &mut greetings);
+                    for reply in greetings.drain(..) {
+                        if let Err(err) = self.client.publish(reply, start_payload.clone().into()).await {
                             tracing::warn!(%err, "could not answer router.greet");
                         }
+                    }
                 }
                 _ = prune.tick() => self.prune(),
                 Some(removal) = self.removals.recv() => self.remove_failed(&removal),
@@ -162,15 +160,24 @@ impl Bus {
         }
     }
 
-    /// Applies `first` and every message already queued behind it, then publishes once.
-    fn apply_batch(&mut self, action: Action, first: Message, queue: &mut Subscriber, throttle: &mut Throttle) {
+    /// Applies `first` and every message already queued behind it, in the order they came, then publishes once.
+    /// The reply subjects of greetings among them go to `greetings`, to be answered after the batch.
+    fn apply_batch(&mut self, first: Message, queue: &mut Subscriber, throttle: &mut Throttle, greetings: &mut Vec<Subject>) {
         let mut total = Outcome::default();
-        self.apply(&action, &first, &mut total, throttle);
-        let mut applied = 1;
-        while applied < MAX_BATCH {
-            let Some(Some(next)) = futures_util::FutureExt::now_or_never(queue.next()) else { break };
-            self.apply(&action, &next, &mut total, throttle);
-            applied += 1;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(message) = next.take() {
+            match message.subject.as_str() {
+                SUBJECT_REGISTER => self.apply(&Action::Register, &message, &mut total, throttle),
+                SUBJECT_UNREGISTER => self.apply(&Action::Unregister, &message, &mut total, throttle),
+                SUBJECT_GREET => greetings.extend(message.reply),
+                // `router.start` from this and other routers, and subjects this router does not speak.
+                _ => {}
+            }
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = futures_util::FutureExt::now_or_never(queue.next()).flatten();
+            }
         }
         if total.changed() {
             self.publish_table();

@@ -346,6 +346,28 @@ fn announcements_and_published_vips_go_live_without_a_restart() {
     publish(&hosts.lb, vec![("lb.unregister".into(), announcement(1, 10001, "web", 0))]);
     hosts.wait_served_only_by(VIP, &["cell1"], &lb);
 
+    // A burst from one cell, sent back to back, is applied in the order it was sent: NodePorts announced and then
+    // withdrawn end up gone, and cell2, withdrawn again and then announced again, ends up back in rotation.
+    let mut burst = Vec::new();
+    for port in 20000..20200 {
+        burst.push(("lb.register.web".into(), announcement(0, port, "web", 0)));
+        burst.push(("lb.unregister.web".into(), announcement(0, port, "web", 0)));
+    }
+    burst.push(("lb.unregister.web".into(), announcement(1, 10001, "web", 0)));
+    burst.push(("lb.register.web".into(), announcement(1, 10001, "web", 0)));
+    publish(&hosts.lb, burst);
+    let expected = [(CELL[0], 10001), (CELL[1], 10001)];
+    let web_backends = || -> Vec<(String, u64)> {
+        let vips = status(&hosts.lb, "/vips").unwrap_or_default();
+        let backends = vips["vips"].as_array().and_then(|all| all.iter().find(|v| v["name"] == "web")).map(|web| web["backends"].clone());
+        let mut listed: Vec<(String, u64)> = backends.and_then(|b| b.as_array().cloned()).unwrap_or_default().iter().map(|b| (b["host"].as_str().unwrap_or_default().to_owned(), b["port"].as_u64().unwrap_or_default())).collect();
+        listed.sort();
+        listed
+    };
+    let in_order = wait_until(Duration::from_secs(5), || web_backends() == expected.map(|(host, port)| (host.to_owned(), port)));
+    assert!(in_order, "after the burst web's backends are {:?}, not {expected:?}\n{}", web_backends(), lb.log());
+    assert!(wait_until(Duration::from_secs(5), || hosts.served_by(VIP, 6) == both()), "{}", lb.log());
+
     // An announcement nobody refreshes is pruned after its threshold.
     publish(&hosts.lb, vec![("lb.register".into(), announcement(1, 10001, "web", 1))]);
     assert!(wait_until(Duration::from_secs(5), || hosts.served_by(VIP, 6) == both()), "{}", lb.log());

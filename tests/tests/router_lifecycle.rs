@@ -92,6 +92,35 @@ async fn without_suspension_an_outage_prunes_as_usual() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_unregistrations_apply_in_the_order_they_were_sent() {
+    let nats = NatsServer::start();
+    let router = RouterProcess::start(&nats, &[]);
+    let client = nats.client().await;
+    // Back to back, with no pause for the router to catch up: a route registered then withdrawn must end up gone,
+    // one withdrawn then registered again (an instance restarting on the same port) must end up routable.
+    let send = |subject: &'static str, uri: String| {
+        let payload = serde_json::to_vec(&registration(8080, &[&uri])).unwrap();
+        let client = client.clone();
+        async move { client.publish(subject, payload.into()).await.unwrap() }
+    };
+    for i in 0..500 {
+        send("router.register", format!("gone-{i}.example.com")).await;
+        send("router.unregister", format!("gone-{i}.example.com")).await;
+        send("router.unregister", format!("back-{i}.example.com")).await;
+        send("router.register", format!("back-{i}.example.com")).await;
+    }
+    send("router.register", "last.example.com".to_owned()).await;
+    client.flush().await.unwrap();
+    assert!(router.routes_eventually_have("last.example.com").await);
+    let routes = router.routes().await;
+    let routes = routes.as_object().unwrap();
+    let gone: Vec<&String> = routes.keys().filter(|uri| uri.starts_with("gone-")).collect();
+    let back = routes.keys().filter(|uri| uri.starts_with("back-")).count();
+    assert!(gone.is_empty(), "{} routes withdrawn after registering are still there, among them {:?}", gone.len(), &gone[..gone.len().min(5)]);
+    assert_eq!(back, 500, "of 500 routes registered again after a withdrawal, {back} are routable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_messages_are_counted_and_harmless() {
     let backend = TestBackend::start("app").await;
     let nats = NatsServer::start();
