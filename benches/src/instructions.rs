@@ -7,18 +7,21 @@
 //! share of a request (most of it, see the CPU tables) and says nothing of cache misses or stalls, so it
 //! complements the timings rather than replacing them.
 //!
-//! Each proxy starts under callgrind and serves a warm-up batch (connections open, pools and caches filled). Then
+//! Each proxy starts under callgrind and, for each kind of request, serves a warm-up batch (connections open, pools and caches filled). Then
 //! its counters are zeroed, it serves exactly the counted batch, and its counters are dumped: the dump's total over
 //! the batch is the figure. The router's metrics are not scraped here, so no per-second work lands in a count
 //! that the slow-down under callgrind would stretch. Next to each count goes a profile: the functions that ran the
 //! most instructions themselves, per request, read from the same dump.
+//!
+//! GETs are the common case. Small POSTs are counted too, because a request with a body takes other paths through
+//! every proxy (the body is read, framed and written to the backend) and those must not quietly grow expensive.
 
 use crate::error::{BenchError, Result};
 use crate::load::OHA_INSTALL;
 use crate::peers::targets::{self, Running};
 use crate::peers::{Binaries, Lineup, Stand};
 use crate::process::{output, require_tool};
-use crate::results::{InstructionCount, Instructions, Logging};
+use crate::results::{InstructionCount, Instructions, Logging, RequestKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,11 +34,13 @@ pub struct Plan {
     pub requests: u64,
     /// Uncounted requests first.
     pub warmup: u64,
+    /// The kinds of request counted, one batch each.
+    pub kinds: Vec<RequestKind>,
     /// What is counted, and where everything runs.
     pub lineup: Lineup,
 }
 
-/// Counts every target in every logging mode. Progress goes to stderr.
+/// Counts every target in every logging mode, for every kind of request. Progress goes to stderr.
 pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Instructions> {
     require_tool("valgrind", "run `apt-get install -y valgrind`")?;
     require_tool("callgrind_control", "run `apt-get install -y valgrind`")?;
@@ -47,25 +52,27 @@ pub fn run(plan: &Plan, binaries: &Binaries<'_>, dir: &Path) -> Result<Instructi
     for &logging in &lineup.logging {
         for &target in &lineup.targets {
             let mut running = targets::start(target, logging, &stand.environment(dir, binaries.router, lineup, &under))?;
-            let count = count(plan, &mut running, logging, dir)?;
-            if let Some(per_request) = count.per_request() {
-                eprintln!("   {:>10}, {}: {per_request:.0} instructions per request", count.target, logging.describe());
+            for &kind in &plan.kinds {
+                let count = count(plan, &mut running, logging, kind, dir)?;
+                if let Some(per_request) = count.per_request() {
+                    eprintln!("   {:>10}, {}, {}: {per_request:.0} instructions per request", count.target, logging.describe(), kind.name());
+                }
+                measured.counts.push(count);
             }
-            measured.counts.push(count);
             stand.ensure_backend()?;
         }
     }
     Ok(measured)
 }
 
-fn count(plan: &Plan, running: &mut Running, logging: Logging, dir: &Path) -> Result<InstructionCount> {
+fn count(plan: &Plan, running: &mut Running, logging: Logging, kind: RequestKind, dir: &Path) -> Result<InstructionCount> {
     let name = running.target.name();
     let pid = running.measured_pid.ok_or_else(|| BenchError::BadRun { what: name.clone(), problem: "no process to count".to_owned() })?;
     // A fixed count of requests: the load's duration does not apply.
     let load = plan.lineup.load(running, Duration::ZERO);
-    load.count(plan.warmup)?;
+    load.count(plan.warmup, kind)?;
     control(pid, "-z")?;
-    load.count(plan.requests)?;
+    load.count(plan.requests, kind)?;
     let before = latest_dump(dir, pid)?.map_or(0, |(part, _)| part);
     control(pid, "-d")?;
     running.ensure_running()?;
@@ -75,9 +82,9 @@ fn count(plan: &Plan, running: &mut Running, logging: Logging, dir: &Path) -> Re
     };
     let text = std::fs::read_to_string(&dump).map_err(|source| BenchError::File { path: dump.clone(), source })?;
     let instructions = parse_summary(&text).ok_or_else(|| BenchError::Parse { what: dump.display().to_string(), problem: "no `summary:` line".to_owned() })?;
-    let profile = dir.join(format!("profile-{name}-{logging:?}.txt"));
+    let profile = dir.join(format!("profile-{name}-{logging:?}-{}.txt", kind.name()));
     std::fs::write(&profile, render_profile(&self_costs(&text), plan.requests, PROFILE_LINES)).map_err(|source| BenchError::File { path: profile, source })?;
-    Ok(InstructionCount { target: name, logging, requests: plan.requests, instructions })
+    Ok(InstructionCount { target: name, logging, request: kind, requests: plan.requests, instructions })
 }
 
 /// Functions listed in each profile.

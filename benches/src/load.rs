@@ -2,13 +2,14 @@
 //! fixed rate for latency (open loop: with `--latency-correction` each request's latency counts from when it
 //! was due, not from when a free connection let it go, so a stall shows in the percentiles instead of hiding).
 //!
-//! `oha` also sends a fixed number of requests, for the instruction count.
+//! `oha` also sends a fixed number of requests, GETs or small POSTs, for the instruction count.
 //!
 //! Both reports are read strictly: a run with socket errors or any answer other than 200 fails, because a proxy
 //! answering 404 or 502 quickly would otherwise look fast.
 
 use crate::error::{BenchError, Result};
 use crate::process::{output, pinned};
+use crate::results::{POST_BODY_BYTES, RequestKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -83,9 +84,10 @@ impl Load<'_> {
         ])
     }
 
-    /// Sends exactly `requests` requests as fast as the connections allow (the duration is not used), with `oha`.
-    pub fn count(&self, requests: u64) -> Result<Latency> {
-        let latency = self.oha(&["-n".to_owned(), requests.to_string()])?;
+    /// Sends exactly `requests` requests of `kind` as fast as the connections allow (the duration is not used), with
+    /// `oha`.
+    pub fn count(&self, requests: u64, kind: RequestKind) -> Result<Latency> {
+        let latency = self.oha(&count_mode(requests, kind))?;
         if latency.requests != requests {
             return Err(BenchError::BadRun { what: "oha".to_owned(), problem: format!("{} answers to {requests} requests", latency.requests) });
         }
@@ -99,6 +101,15 @@ impl Load<'_> {
         let text = output("oha", pinned("oha", &args, self.cpus))?;
         parse_oha(&text)
     }
+}
+
+/// `oha`'s arguments for a batch of exactly `requests` requests of `kind`.
+fn count_mode(requests: u64, kind: RequestKind) -> Vec<String> {
+    let mut mode = vec!["-n".to_owned(), requests.to_string()];
+    if kind == RequestKind::Post {
+        mode.extend(["-m".to_owned(), "POST".to_owned(), "-d".to_owned(), "x".repeat(POST_BODY_BYTES)]);
+    }
+    mode
 }
 
 fn parse_error(what: &str, problem: impl Into<String>) -> BenchError {
@@ -191,6 +202,14 @@ Transfer/sec:      5.01MB
     const OHA: &str = r#"{"summary":{"successRate":1.0,"total":8.0,"requestsPerSec":9999.5},
         "latencyPercentiles":{"p10":0.0001,"p50":0.0002,"p99":0.0015,"p99.9":0.004,"p99.99":0.009},
         "statusCodeDistribution":{"200":80000},"errorDistribution":{}}"#;
+
+    #[test]
+    fn a_counted_batch_of_posts_carries_a_body_of_the_stated_size() {
+        assert_eq!(count_mode(500, RequestKind::Get), ["-n", "500"]);
+        let post = count_mode(500, RequestKind::Post);
+        assert_eq!(post[..5], ["-n", "500", "-m", "POST", "-d"]);
+        assert_eq!(post[5].len(), POST_BODY_BYTES);
+    }
 
     #[test]
     fn oha_report_is_read_in_milliseconds() {

@@ -31,6 +31,33 @@ impl Logging {
     }
 }
 
+/// What each request of a counted batch is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    /// `GET /`, answered with the backend's short body.
+    #[default]
+    Get,
+    /// `POST /` with a [`POST_BODY_BYTES`]-byte body, which the backend echoes.
+    Post,
+}
+
+/// The size of a [`RequestKind::Post`] body: a small form or JSON document.
+pub const POST_BODY_BYTES: usize = 100;
+
+impl RequestKind {
+    /// Every kind, in report order.
+    pub const ALL: [RequestKind; 2] = [RequestKind::Get, RequestKind::Post];
+
+    /// Its name on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Get => "get",
+            RequestKind::Post => "post",
+        }
+    }
+}
+
 /// One saturation run of one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaturationRun {
@@ -98,6 +125,9 @@ pub struct InstructionCount {
     pub target: String,
     /// Logging mode.
     pub logging: Logging,
+    /// What the requests were (results from before POSTs were counted hold GETs only).
+    #[serde(default)]
+    pub request: RequestKind,
     /// Requests in the counted batch.
     pub requests: u64,
     /// Instructions the proxy's process ran in user space while serving them, all threads.
@@ -118,7 +148,7 @@ pub struct Instructions {
     pub warmup: u64,
     /// Keep-alive connections.
     pub connections: u32,
-    /// One count per proxy and logging mode.
+    /// One count per proxy, logging mode and request kind.
     pub counts: Vec<InstructionCount>,
 }
 

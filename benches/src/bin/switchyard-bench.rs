@@ -12,7 +12,7 @@ use switchyard_benches::instructions;
 use switchyard_benches::peers::targets::{self, Target};
 use switchyard_benches::peers::{self, Binaries, Lineup, Plan, Stand};
 use switchyard_benches::report;
-use switchyard_benches::results::{self, Ingest, Logging};
+use switchyard_benches::results::{self, Ingest, Logging, RequestKind};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-bench", about = "Measures Switchyard against its peers and at scale; see scripts/bench")]
@@ -67,6 +67,9 @@ enum Command {
         /// Proxies to count, by name (`nginx`, `haproxy`, `router-1t`).
         #[arg(long, value_delimiter = ',', default_value = "nginx,haproxy,router-1t")]
         targets: Vec<String>,
+        /// Kinds of request to count, one batch each: `get`, and `post` (a 100-byte body).
+        #[arg(long, value_delimiter = ',', default_value = "get,post", value_parser = parse_request_kind)]
+        kinds: Vec<RequestKind>,
     },
     /// NATS ingest through a real router (release, one worker thread): bulk, then publish → routable latency.
     Ingest {
@@ -185,7 +188,20 @@ fn run_peers(bin_dir: PathBuf, results_dir: PathBuf, rounds: u32, seconds: u64, 
     results::save(&results_dir.join("peers.json"), &measured)
 }
 
-fn run_instructions(bin_dir: PathBuf, results_dir: PathBuf, requests: u64, warmup: u64, connections: u32, names: Vec<String>) -> Result<(), BenchError> {
+/// Reads `--kinds`: a request kind by its name.
+fn parse_request_kind(name: &str) -> Result<RequestKind, String> {
+    RequestKind::ALL.into_iter().find(|kind| kind.name() == name).ok_or_else(|| format!("unknown kind of request '{name}'; choose from get, post"))
+}
+
+fn run_instructions(
+    bin_dir: PathBuf,
+    results_dir: PathBuf,
+    requests: u64,
+    warmup: u64,
+    connections: u32,
+    names: Vec<String>,
+    kinds: Vec<RequestKind>,
+) -> Result<(), BenchError> {
     let known = [Target::Nginx, Target::Haproxy, Target::Router(1)];
     let targets = names
         .iter()
@@ -205,7 +221,7 @@ fn run_instructions(bin_dir: PathBuf, results_dir: PathBuf, requests: u64, warmu
         wide_cpus: pin.then(|| "0".to_owned()),
         load_cpus: pin.then(|| "1".to_owned()),
     };
-    let plan = instructions::Plan { requests, warmup, lineup };
+    let plan = instructions::Plan { requests, warmup, kinds, lineup };
     let logs = results_subdir(&results_dir, "instructions-logs")?;
     let router = bin_dir.join("router");
     let backend = bin_dir.join("sample-backend");
@@ -219,8 +235,8 @@ fn main() -> ExitCode {
         Command::Peers { bin_dir, results, rounds, seconds, latency_seconds, connections, no_pin } => {
             run_peers(bin_dir, results, rounds, seconds, latency_seconds, connections, no_pin)
         }
-        Command::Instructions { bin_dir, results, requests, warmup, connections, targets } => {
-            run_instructions(bin_dir, results, requests, warmup, connections, targets)
+        Command::Instructions { bin_dir, results, requests, warmup, connections, targets, kinds } => {
+            run_instructions(bin_dir, results, requests, warmup, connections, targets, kinds)
         }
         Command::Ingest { bin_dir, results, registrations, rate, samples } => run_ingest(bin_dir, results, registrations, rate, samples),
         Command::Report { results, criterion, repo, run } => run_report(results, criterion, repo, run),

@@ -6,7 +6,7 @@
 pub mod svg;
 
 use crate::error::Result;
-use crate::results::{self, Ingest, Instructions, Logging, Peers, RouteMemory};
+use crate::results::{self, Ingest, Instructions, Logging, POST_BODY_BYTES, Peers, RequestKind, RouteMemory};
 use crate::routes::{LOOKUPS_PER_ITERATION, Shape};
 use crate::stats::{median, ratio};
 use std::fmt::Write as _;
@@ -315,8 +315,23 @@ fn instruction_table(md: &mut String, instructions: Option<&Instructions>) {
         instructions.connections,
         number(instructions.warmup as f64)
     );
+    for kind in RequestKind::ALL {
+        let counts: Vec<&results::InstructionCount> = instructions.counts.iter().filter(|c| c.request == kind).collect();
+        if counts.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "{}\n", match kind {
+            RequestKind::Get => "`GET /`, answered with the backend's short body:".to_owned(),
+            RequestKind::Post => format!("`POST /` with a {POST_BODY_BYTES}-byte body, which the backend echoes:"),
+        });
+        instruction_rows(md, &counts);
+    }
+}
+
+/// One table of instruction counts, all of one kind of request.
+fn instruction_rows(md: &mut String, counts: &[&results::InstructionCount]) {
     let per_request = |target: &str, logging: Logging| {
-        instructions.counts.iter().find(|c| c.target == target && c.logging == logging).and_then(results::InstructionCount::per_request)
+        counts.iter().find(|c| c.target == target && c.logging == logging).and_then(|c| c.per_request())
     };
     md.push_str("| proxy | log + metrics on | × nginx | × haproxy | log + metrics off | × nginx | × haproxy | requests counted |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for target in ["nginx", "haproxy", "router-1t"] {
@@ -331,7 +346,7 @@ fn instruction_table(md: &mut String, instructions: Option<&Instructions>) {
                 times(ratio(count, per_request("haproxy", logging)))
             );
         }
-        let requests = instructions.counts.iter().find(|c| c.target == target).map(|c| c.requests as f64);
+        let requests = counts.iter().find(|c| c.target == target).map(|c| c.requests as f64);
         let _ = writeln!(md, "{row} {} |", cell(requests));
     }
     md.push('\n');
@@ -640,20 +655,31 @@ mod tests {
 
     #[test]
     fn instruction_counts_are_set_beside_nginx_and_haproxy() {
-        let count = |target: &str, logging, instructions| results::InstructionCount { target: target.to_owned(), logging, requests: 10_000, instructions };
+        let count = |target: &str, logging, request, instructions| results::InstructionCount { target: target.to_owned(), logging, request, requests: 10_000, instructions };
         let instructions = Instructions {
             warmup: 2000,
             connections: 32,
             counts: vec![
-                count("nginx", Logging::On, 300_000_000),
-                count("haproxy", Logging::On, 500_000_000),
-                count("router-1t", Logging::On, 400_000_000),
-                count("nginx", Logging::Off, 250_000_000),
+                count("nginx", Logging::On, RequestKind::Get, 300_000_000),
+                count("haproxy", Logging::On, RequestKind::Get, 500_000_000),
+                count("router-1t", Logging::On, RequestKind::Get, 400_000_000),
+                count("nginx", Logging::Off, RequestKind::Get, 250_000_000),
             ],
         };
-        let md = render(&Inputs { instructions: Some(instructions), ..Inputs::default() });
+        let md = render(&Inputs { instructions: Some(instructions.clone()), ..Inputs::default() });
+        assert!(md.contains("`GET /`, answered with the backend's short body:\n\n| proxy |"), "{md}");
         assert!(md.contains("| router-1t | 40,000 | 1.33× | 0.80× | – | – | – | 10,000 |"), "{md}");
         assert!(md.contains("| nginx | 30,000 | 1.00× | 0.60× | 25,000 | 1.00× | – | 10,000 |"), "{md}");
+        assert!(!md.contains("`POST /`"), "no POST table without POST counts: {md}");
+        // POSTs get a table of their own, set against the other proxies' POSTs only.
+        let mut with_posts = instructions;
+        with_posts.counts.push(count("nginx", Logging::On, RequestKind::Post, 350_000_000));
+        with_posts.counts.push(count("router-1t", Logging::On, RequestKind::Post, 420_000_000));
+        let md = render(&Inputs { instructions: Some(with_posts), ..Inputs::default() });
+        let (gets, posts) = md.split_once("`POST /` with a 100-byte body, which the backend echoes:").expect("a POST table");
+        assert!(gets.contains("| router-1t | 40,000 | 1.33× | 0.80× |"), "{md}");
+        assert!(posts.contains("| router-1t | 42,000 | 1.20× | – | – | – | – | 10,000 |"), "{md}");
+        assert!(posts.contains("| haproxy | – | – | – | – | – | – | – |"), "{md}");
         assert!(render(&Inputs::default()).contains("### Instructions per request (callgrind)\n\nNot run."));
     }
 
