@@ -296,6 +296,30 @@ async fn small_bodies_go_whole_with_their_head_and_large_ones_stream() {
     }
     assert_eq!(backend.bodies().len(), sizes.len() - 1, "every body was sent once");
 
+    // A small body that arrives in pieces, with pauses between them, is joined whole before it goes out.
+    let body: Vec<u8> = (0..3000_u32).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect();
+    let request = post("/length", &body);
+    let connections = backend.connections();
+    let mut client = TcpStream::connect(router.addr()).await.expect("connect to the router");
+    for piece in [&request[..request.len() - 2000], &request[request.len() - 2000..request.len() - 1000], &request[request.len() - 1000..]] {
+        client.write_all(piece).await.expect("send a piece");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0_u8; 1024];
+        while !answer.ends_with(b"hello") {
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    assert!(read.await.is_ok(), "no answer to the body sent in pieces: {:?}", String::from_utf8_lossy(&answer));
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK") && answer.ends_with(b"hello"), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(backend.bodies().last(), Some(&body), "the body sent in pieces arrived whole and intact");
+    assert_eq!(backend.connections(), connections, "and went over a pooled connection, with its head");
+
     // A client that announces a small body and leaves before sending it: the backend sees nothing, and the
     // request is logged as given up.
     let requests = backend.requests();

@@ -243,19 +243,29 @@ impl RequestBody {
     /// trailers to lose.
     pub async fn read_small(self, http1: bool) -> Result<Self, BodyFault> {
         let Self::Client(mut incoming, tally) = self else { return Ok(self) };
-        let small = http1 && incoming.size_hint().exact().is_some_and(|length| length <= BUFFERED_BODY_LIMIT);
-        if !small {
-            return Ok(Self::Client(incoming, tally));
-        }
-        let mut whole = bytes::BytesMut::new();
+        let length = match incoming.size_hint().exact() {
+            Some(length) if http1 && length <= BUFFERED_BODY_LIMIT => length,
+            _ => return Ok(Self::Client(incoming, tally)),
+        };
+        // A small body usually arrives as one frame, which is kept as it is; only a body in pieces is copied.
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<bytes::BytesMut> = None;
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await {
             let frame = frame.map_err(|error| BodyFault::of(&error))?;
-            if let Ok(data) = frame.into_data() {
-                tally.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                whole.extend_from_slice(&data);
+            let Ok(data) = frame.into_data() else { continue };
+            tally.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            match (&mut joined, first.take()) {
+                (Some(joined), _) => joined.extend_from_slice(&data),
+                (None, None) => first = Some(data),
+                (None, Some(earlier)) => {
+                    let mut pieces = bytes::BytesMut::with_capacity(usize::try_from(length).unwrap_or_default());
+                    pieces.extend_from_slice(&earlier);
+                    pieces.extend_from_slice(&data);
+                    joined = Some(pieces);
+                }
             }
         }
-        Ok(Self::Buffered(Some(whole.freeze())))
+        Ok(Self::Buffered(Some(joined.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))))
     }
 }
 
