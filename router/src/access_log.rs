@@ -144,14 +144,14 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
 }
 
 /// Appends a duration as seconds with six decimals (`0.001500`), rounded to the microsecond, without going
-/// through floating point.
+/// through floating point or 128-bit division: the fraction is rounded on its own and may carry into the seconds.
 fn push_seconds(out: &mut Vec<u8>, duration: Duration) {
-    let micros = duration.as_nanos().saturating_add(500) / 1000;
-    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    let rounded = duration.subsec_nanos() + 500;
+    let seconds = duration.as_secs().saturating_add(u64::from(rounded / 1_000_000_000));
     let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(micros / 1_000_000).as_bytes());
+    out.extend_from_slice(digits.format(seconds).as_bytes());
     out.push(b'.');
-    push_padded(out, micros % 1_000_000, 6);
+    push_padded(out, u64::from(rounded % 1_000_000_000 / 1000), 6);
 }
 
 /// Appends a client address (`198.18.0.1:5555`, `[::1]:80`).
@@ -445,6 +445,19 @@ mod tests {
             #[allow(clippy::cast_precision_loss)]
             let expected = format!("{:.6}", micros as f64 / 1e6);
             assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        // Rounded to the nearest microsecond, half up, carrying into the seconds.
+        for (duration, expected) in [
+            (Duration::new(2, 1_499), "2.000001"),
+            (Duration::new(2, 1_500), "2.000002"),
+            (Duration::new(0, 999_999_499), "0.999999"),
+            (Duration::new(0, 999_999_500), "1.000000"),
+            (Duration::new(7, 999_999_999), "8.000000"),
+            (Duration::MAX, "18446744073709551615.000000"),
+        ] {
+            let mut out = Vec::new();
+            push_seconds(&mut out, duration);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{duration:?}");
         }
         for addr in ["198.18.0.1:5555", "0.0.0.0:0", "[::1]:80", "[2001:db8::1]:65535"] {
             let addr: SocketAddr = addr.parse().unwrap();
