@@ -6,7 +6,7 @@
 //! program serves what it already knows.
 
 use crate::metrics::Metrics;
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectOptions, Event, ServerError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
@@ -190,6 +190,16 @@ pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsL
                         slow_consumer.inc();
                         tracing::warn!(subscription = sid, "NATS subscription queue full: messages were dropped");
                     }
+                    Event::ServerError(ServerError::Other(ref error)) if let Some(refusal) = Refusal::of(error) => {
+                        tracing::error!(
+                            subject = refusal.subject,
+                            "the NATS server does not let this user {} `{}`: grant its {} permission in the server's \
+                             authorization block",
+                            refusal.doing(),
+                            refusal.subject,
+                            refusal.permission()
+                        );
+                    }
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
             }
@@ -198,9 +208,51 @@ pub async fn connect(settings: &NatsSettings, metrics: &Metrics) -> Result<NatsL
     Ok(NatsLink { client, state: state_rx })
 }
 
+/// A subject the server's permissions refuse this user, read from the server's error text
+/// (`Permissions Violation for Subscription to "router.*"`): silent otherwise, since the server only says it once
+/// and the program simply never hears from that subject.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal<'a> {
+    subscribing: bool,
+    subject: &'a str,
+}
+
+impl<'a> Refusal<'a> {
+    fn of(error: &'a str) -> Option<Self> {
+        let (_, rest) = error.split_once("Permissions Violation for ")?;
+        let (kind, subject) = rest.split_once(" to ")?;
+        let subscribing = match kind {
+            "Subscription" => true,
+            "Publish" => false,
+            _ => return None,
+        };
+        let subject = subject.split_whitespace().next()?.trim_matches(|c| c == '"' || c == '\'');
+        (!subject.is_empty()).then_some(Self { subscribing, subject })
+    }
+
+    fn doing(&self) -> &'static str {
+        if self.subscribing { "subscribe to" } else { "publish on" }
+    }
+
+    fn permission(&self) -> &'static str {
+        if self.subscribing { "subscribe" } else { "publish" }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permission_refusal_names_its_subject() {
+        let refused = Refusal::of("Permissions Violation for Subscription to \"router.*\"");
+        assert_eq!(refused, Some(Refusal { subscribing: true, subject: "router.*" }));
+        let refused = Refusal::of("permissions violation: Permissions Violation for Publish to \"lb.register.api\"");
+        assert_eq!(refused, Some(Refusal { subscribing: false, subject: "lb.register.api" }));
+        for other in ["Authorization Violation", "Permissions Violation for Subscription to \"\"", "Permissions Violation for Something to \"x\"", "Maximum Payload Violation"] {
+            assert_eq!(Refusal::of(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn urls_bracket_ipv6() {

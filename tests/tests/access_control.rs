@@ -7,7 +7,8 @@
 //! that demands TLS with client certificates and a password, learn routes through it, and learn nothing with a
 //! wrong password. `lb` must do the same over TLS, and take an announcement only from a publisher the NATS server
 //! let publish on that VIP's own subject: an unscoped `lb.register` is ignored unless `nats.unscoped_subjects`
-//! allows it, and a cell allowed one VIP cannot announce another.
+//! allows it, and a cell allowed one VIP cannot announce another. A program the bus refuses a subscription says
+//! which permission to grant.
 
 // Test code: a panic is a failed test, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -265,6 +266,20 @@ async fn the_router_learns_routes_over_a_bus_demanding_tls_client_certificates_a
     assert_eq!(wrong.get("late.example.com", "/").await.status, 404);
     assert!(!wrong.service.log().contains("published router.start"), "{}", wrong.service.log());
     assert!(wrong.service.log().to_lowercase().contains("authorization violation"), "the log should say why:\n{}", wrong.service.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_the_bus_will_not_let_subscribe_says_which_permission_to_grant() {
+    // Allowed the subjects one by one, but not the one subscription the router reads them through.
+    let users = "authorization {\n  users: [\n    {user: narrow, password: \"narrow-pass\", permissions: {publish: [\">\"], \
+                 subscribe: [\"router.register\", \"router.unregister\", \"router.greet\", \"_INBOX.>\"]}}\n  ]\n}\n";
+    let nats = NatsServer::start_with_config(users);
+    let keys = format!("{{hosts: [{{hostname: 127.0.0.1, port: {}}}], user: narrow, pass: narrow-pass}}", nats.port());
+    let router = RouterProcess::start(&nats, &[("nats", &keys)]);
+    let told = wait_until(Duration::from_secs(10), || {
+        router.service.log().contains("does not let this user subscribe to `router.*`: grant its subscribe permission")
+    });
+    assert!(told, "the log should say which permission is missing:\n{}", router.service.log());
 }
 
 // ---- lb ----------------------------------------------------------------------------------------------------
