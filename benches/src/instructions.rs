@@ -7,11 +7,11 @@
 //! share of a request (most of it, see the CPU tables) and says nothing of cache misses or stalls, so it
 //! complements the timings rather than replacing them.
 //!
-//! Each proxy starts under callgrind and, for each kind of request, serves a warm-up batch (connections open, pools and caches filled). Then
-//! its counters are zeroed, it serves exactly the counted batch, and its counters are dumped: the dump's total over
-//! the batch is the figure. The router's metrics are not scraped here, so no per-second work lands in a count
-//! that the slow-down under callgrind would stretch. Next to each count goes a profile: the functions that ran the
-//! most instructions themselves, per request, read from the same dump.
+//! Each proxy starts under callgrind and, for each kind of request, serves a warm-up batch (connections open, pools and
+//! caches filled). Then its counters are zeroed, it serves exactly the counted batch, and its counters are dumped: the
+//! dump's total over the batch is the figure. The router's metrics are not scraped here, so no per-second work lands in
+//! a count that the slow-down under callgrind would stretch. Next to each count goes a profile: the functions that ran
+//! the most instructions themselves, per request, read from the same dump.
 //!
 //! GETs are the common case. Small POSTs are counted too, because a request with a body takes other paths through
 //! every proxy (the body is read, framed and written to the backend) and those must not quietly grow expensive.
