@@ -34,7 +34,7 @@ fn read(response: &[u8], method: &Method, piece: usize) -> Outcome {
     let mut buf = BytesMut::new();
     let head = loop {
         let before = buf.clone();
-        match parse_response_head(&mut buf, method) {
+        match parse_response_head(&mut buf, method, &mut http::HeaderMap::new()) {
             Ok(Some(head)) => break head,
             Ok(None) => {
                 // Interim answers before it may be gone; nothing else is.

@@ -105,7 +105,9 @@ impl DirectConn {
     }
 
     /// Sends a request, head and `body` in one write where the socket takes it, and reads the response head.
-    pub async fn exchange(&mut self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Head, DirectError> {
+    /// Once any of an answer has come the request cannot go again, so its header map (`headers`) is emptied and
+    /// reused for the answer's; an error that leaves the request free to go again leaves `headers` as they were.
+    pub async fn exchange(&mut self, method: &Method, uri: &Uri, headers: &mut HeaderMap, body: &[u8]) -> Result<Head, DirectError> {
         self.head.clear();
         wire::encode_request_head(method, uri, headers, &mut self.head);
         if !body.is_empty() {
@@ -123,7 +125,7 @@ impl DirectConn {
         }
         loop {
             if !self.received.is_empty()
-                && let Some(head) = wire::parse_response_head(&mut self.received, method)? {
+                && let Some(head) = wire::parse_response_head(&mut self.received, method, headers)? {
                     return Ok(head);
                 }
             self.received.reserve(READ_ROOM);

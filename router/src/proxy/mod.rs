@@ -642,9 +642,11 @@ impl Proxy {
 
     /// [`Self::attempt`] for a request with no body or a small one read whole, to a plain HTTP/1.1 backend, on a
     /// connection this task drives.
-    /// The request is only read, never consumed, so sending it again needs no copy; the rules for when it may go
-    /// again are the same.
+    /// The request is only read until an answer comes, so sending it again needs no copy; the rules for when it may
+    /// go again are the same.
     async fn attempt_direct(&self, key: &UpstreamKey, identity: &str, request: Request<RequestBody>) -> Attempt {
+        // Taken apart so that the exchange can reuse the request's header map for the answer's.
+        let (mut parts, body) = request.into_parts();
         let mut pooled_allowed = true;
         loop {
             let pooled = if pooled_allowed { upstream::check_out_direct(key) } else { None };
@@ -655,12 +657,12 @@ impl Proxy {
                         self.metrics.upstream_connects.inc();
                         (fresh, false)
                     }
-                    Err(error) => return Attempt::Retry(request, error.into()),
+                    Err(error) => return Attempt::Retry(Request::from_parts(parts, body), error.into()),
                 },
             };
             let sent = Instant::now();
-            let body = request.body().whole().unwrap_or_default();
-            let exchange = connection.exchange(request.method(), request.uri(), request.headers(), body);
+            let whole = body.whole().unwrap_or_default();
+            let exchange = connection.exchange(&parts.method, &parts.uri, &mut parts.headers, whole);
             match tokio::time::timeout(self.settings.endpoint_timeout, exchange).await {
                 Err(_) => return Attempt::Failed(AttemptError::Timeout),
                 Ok(Ok(head)) => {
@@ -670,14 +672,14 @@ impl Proxy {
                     return Attempt::Answered(Response::from_parts(head.parts, UpstreamBody::Direct(body)), None, waited);
                 }
                 Ok(Err(error)) => {
-                    let again = error.unsent() || (error.unanswered() && is_idempotent(request.method()) && body.is_empty());
+                    let again = error.unsent() || (error.unanswered() && is_idempotent(&parts.method) && whole.is_empty());
                     let error = AttemptError::Direct(error);
                     match again {
                         true if reused && pooled_allowed => {
                             tracing::debug!(endpoint = identity, %error, "pooled connection was closed; sending again on a new one");
                             pooled_allowed = false;
                         }
-                        true if !reused => return Attempt::Retry(request, error),
+                        true if !reused => return Attempt::Retry(Request::from_parts(parts, body), error),
                         _ => return Attempt::Failed(error),
                     }
                 }
@@ -688,12 +690,12 @@ impl Proxy {
 
 #[cfg(test)]
 mod future_sizes {
-    //! A request's state machine is moved (copied) several times per request, so its size is a hot-path cost.
-    //! Rare, large work (dialling with TLS and HTTP/2 handshakes, HTTP/2 sends) is boxed to keep it out; this
-    //! guards that. Today the request future is 4,456 bytes and an attempt 1,768, with small bodies read whole
-    //! (4,344 and 1,720 before that; 4,992 before the access-log fields were boxed; 5,040 and 1,400 before the
-    //! direct HTTP/1.1 exchange; the plain HTTP/1.1 router before TLS had 4,888 and 1,336); with the dialler inline
-    //! they were 11,280 and 7,256.
+    //! A request's state machine is moved (copied) several times per request, so its size is a hot-path cost. Rare,
+    //! large work (dialling with TLS and HTTP/2 handshakes, HTTP/2 sends) is boxed to keep it out; this guards that.
+    //! Today the request future is 4,464 bytes and an attempt 1,776, the request taken apart so its header map can
+    //! carry the answer's (4,456 and 1,768 before that; 4,344 and 1,720 before small bodies were read whole; 4,992
+    //! before the access-log fields were boxed; 5,040 and 1,400 before the direct HTTP/1.1 exchange; the plain HTTP/1.1
+    //! router before TLS had 4,888 and 1,336); with the dialler inline they were 11,280 and 7,256.
     use super::*;
 
     fn size_of_future<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {

@@ -20,10 +20,11 @@ pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// sticky-session cookie): growing a full map rehashes it, which costs more than all the rest of reading a small
 /// head.
 const SPARE_HEADER_SLOTS: usize = 2;
-/// The fewest slots a response's header map is made with. Once the response is written, hyper's HTTP/1 server
-/// keeps the emptied map for the next request on the client connection, and the router then adds its seven
-/// forwarding headers to that request: a map this large holds a small request and them without regrowing. (Larger
-/// costs more to clear than it saves; this is a speed matter only.)
+/// The fewest slots a response's header map is given. Once the response is written, hyper's HTTP/1 server keeps
+/// the emptied map for the next request on the client connection, and the router then adds its seven forwarding
+/// headers to that request: a map this large holds a small request and them without regrowing. That request's map
+/// in turn carries its answer's headers, so on a keep-alive connection no map is made per request. (Larger costs
+/// more to clear than it saves; this is a speed matter only.)
 const MIN_HEADER_SLOTS: usize = 12;
 /// Longest chunk-size line (with its extensions) or trailer section accepted.
 const MAX_CHUNK_LINE_BYTES: usize = 16 * 1024;
@@ -228,7 +229,11 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
 
 /// Reads a response head from the front of `buf`, skipping interim (1xx) answers, and removes it from `buf`.
 /// `Ok(None)`: the head is not complete yet; read more and call again.
-pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+///
+/// The head's headers go into `spare`'s map, emptied, so that a map the caller needs no more once an answer has
+/// come (the request's) is reused instead of a new one made for every answer. `Ok(None)` leaves `spare` as it
+/// was; any other outcome may leave it empty.
+pub fn parse_response_head(buf: &mut BytesMut, method: &Method, spare: &mut HeaderMap) -> Result<Option<Head>, ProtocolError> {
     loop {
         let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -264,7 +269,9 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         }
         let reason = parsed.reason.filter(|reason| !reason.is_empty() && Some(*reason) != status.canonical_reason()).map(|r| span(r.as_bytes()));
         let head = buf.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity((spans.len() + SPARE_HEADER_SLOTS).max(MIN_HEADER_SLOTS));
+        let mut headers = std::mem::take(spare);
+        headers.clear();
+        headers.reserve((spans.len() + SPARE_HEADER_SLOTS).max(MIN_HEADER_SLOTS));
         for (name, value) in &spans {
             let name = head.get(name.clone()).and_then(|name| HeaderName::from_bytes(name).ok()).ok_or(ProtocolError::Header)?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).map_err(|_| ProtocolError::Header)?;
@@ -447,7 +454,7 @@ mod tests {
 
     fn head_of(bytes: &[u8], method: &Method) -> (Result<Option<Head>, ProtocolError>, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        let parsed = parse_response_head(&mut buf, method);
+        let parsed = parse_response_head(&mut buf, method, &mut HeaderMap::new());
         (parsed, buf)
     }
 
@@ -456,6 +463,27 @@ mod tests {
             Ok(Some(head)) => head,
             other => panic!("expected a complete head, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_spare_map_is_kept_until_an_answer_comes_then_holds_only_the_answers_headers() {
+        let mut request_headers = HeaderMap::new();
+        request_headers.insert(http::header::HOST, HeaderValue::from_static("app.example.com"));
+        request_headers.insert(http::header::USER_AGENT, HeaderValue::from_static("curl"));
+        let kept = request_headers.clone();
+        // An incomplete head, and interim answers before it, leave the request's headers as they were: it may go again.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(matches!(parse_response_head(&mut buf, &Method::GET, &mut request_headers), Ok(None)));
+        assert_eq!(request_headers, kept);
+        buf.extend_from_slice(b"ngth: 2\r\nServer: x\r\n\r\nok");
+        let head = match parse_response_head(&mut buf, &Method::GET, &mut request_headers) {
+            Ok(Some(head)) => head,
+            other => panic!("expected a complete head, got {other:?}"),
+        };
+        let names: Vec<&str> = head.parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-length", "server"], "only the answer's headers");
+        assert!(head.parts.headers.capacity() >= MIN_HEADER_SLOTS);
+        assert!(request_headers.is_empty(), "the request's map went to the answer");
     }
 
     fn error(bytes: &[u8]) -> ProtocolError {
